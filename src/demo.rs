@@ -1,0 +1,309 @@
+//! `connector-gateway demo`: the simulator and the gateway (config/local.toml, embedded) on
+//! loopback, and a scripted tour of what the gateway does, step by step, with copy-paste commands.
+//! `--once` exits after the tour: status 0 only when every step behaved as expected.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Config, KeySource};
+use crate::launch::{self, RunningGateway};
+use crate::simulator::{Faults, Simulator, entra};
+
+/// The demo configuration, embedded so `demo` runs from any directory.
+pub const LOCAL_CONFIG: &str = include_str!("../config/local.toml");
+
+const CONNECTOR: &str = "b4ad1e2c-5c8f-4f1a-9f3e-4a6f2a6c7a01";
+
+/// One answer, as the tour prints it.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: StatusCode,
+    /// Body text.
+    pub body: String,
+}
+
+/// A plain HTTP/1.1 client for the tour.
+pub struct TourClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for TourClient {
+    fn default() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl TourClient {
+    /// Sends one request.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Answer, String> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+async fn start_simulator(preferred: SocketAddr) -> Result<Simulator, String> {
+    match Simulator::start(preferred, Faults::default()).await {
+        Ok(simulator) => Ok(simulator),
+        Err(_) => {
+            println!(
+                "  (port {} is busy; the simulator takes a free port instead)",
+                preferred.port()
+            );
+            Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Faults::default())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Points the embedded config at the running simulator and at free ports where the usual ones
+/// are busy.
+fn demo_config(simulator: &Simulator, ephemeral: bool) -> Result<Config, String> {
+    let mut config = Config::from_toml(LOCAL_CONFIG, Path::new(".")).map_err(|e| e.to_string())?;
+    config.upstream.url = simulator
+        .base_url()
+        .parse()
+        .map_err(|_| "bad simulator URL".to_owned())?;
+    config.auth.key_source = KeySource::OpenIdConfiguration(
+        simulator
+            .openid_configuration_url()
+            .parse()
+            .map_err(|_| "bad URL".to_owned())?,
+    );
+    config.auth.issuers = vec![format!("{}/{{tenantid}}/v2.0", simulator.base_url())];
+    config.audit.path = std::env::temp_dir()
+        .join(format!("connector-gateway-demo-{}", std::process::id()))
+        .join("audit.jsonl");
+    if ephemeral {
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    Ok(config)
+}
+
+async fn start_gateway(simulator: &Simulator) -> Result<RunningGateway, String> {
+    match launch::start(demo_config(simulator, false)?).await {
+        Ok(gateway) => Ok(gateway),
+        Err(error) => {
+            println!("  ({error}; the gateway takes free ports instead)");
+            launch::start(demo_config(simulator, true)?)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+struct Tour {
+    client: TourClient,
+    failures: usize,
+    step: usize,
+}
+
+impl Tour {
+    async fn step(
+        &mut self,
+        title: &str,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        expected: StatusCode,
+    ) -> Option<Answer> {
+        self.step += 1;
+        println!(
+            "\n{}. {title}\n   {method} {url}{}",
+            self.step,
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!("\n   {body}")
+            }
+        );
+        match self.client.send(method, url, headers, body).await {
+            Ok(answer) => {
+                let verdict = if answer.status == expected {
+                    "as expected"
+                } else {
+                    "UNEXPECTED"
+                };
+                println!(
+                    "   -> {} ({verdict})\n   {}",
+                    answer.status,
+                    shorten(&answer.body)
+                );
+                if answer.status != expected {
+                    self.failures += 1;
+                }
+                Some(answer)
+            }
+            Err(error) => {
+                println!("   -> failed: {error}");
+                self.failures += 1;
+                None
+            }
+        }
+    }
+}
+
+fn shorten(text: &str) -> String {
+    if text.len() > 300 {
+        format!("{}...", text.get(..300).unwrap_or(text))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Runs the demo; returns whether every step behaved as expected.
+pub async fn run(once: bool) -> Result<bool, String> {
+    println!(
+        "connector-gateway demo: starting the simulator (Entra + Graph) and the gateway on loopback"
+    );
+    let simulator = start_simulator(SocketAddr::from(([127, 0, 0, 1], 8081))).await?;
+    let gateway = start_gateway(&simulator).await?;
+    let (sim, gw, admin) = (
+        simulator.base_url().to_owned(),
+        format!("http://{}", gateway.addr),
+        format!("http://{}", gateway.admin_addr),
+    );
+    println!("  simulator: {sim}\n  gateway:   {gw}\n  admin:     {admin}");
+
+    let mut tour = Tour {
+        client: TourClient::default(),
+        failures: 0,
+        step: 0,
+    };
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}&scope=api://connector-gateway/.default",
+        entra::DEV_CLIENT_ID,
+        entra::DEV_CLIENT_SECRET
+    );
+    let token_url = simulator.token_url();
+    let token = tour
+        .step(
+            "Get an app token for the gateway's audience from the simulated Entra",
+            Method::POST,
+            &token_url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &form,
+            StatusCode::OK,
+        )
+        .await
+        .and_then(|answer| serde_json::from_str::<serde_json::Value>(&answer.body).ok())
+        .and_then(|json| json["access_token"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let bearer = format!("Bearer {token}");
+    let connector_url =
+        format!("{gw}/beta/onPremisesPublishingProfiles/applicationProxy/connectors/{CONNECTOR}");
+    let json_headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    tour.step(
+        "An allowed change: set a connector inactive through the gateway",
+        Method::PATCH,
+        &connector_url,
+        &json_headers,
+        r#"{"status":"inactive"}"#,
+        StatusCode::OK,
+    )
+    .await;
+    let changed = simulator
+        .connector(CONNECTOR)
+        .is_some_and(|c| c.status == "inactive");
+    println!(
+        "   Graph (simulated) now has status {:?}",
+        simulator
+            .connector(CONNECTOR)
+            .map(|c| c.status)
+            .unwrap_or_default()
+    );
+    if !changed {
+        tour.failures += 1;
+    }
+    tour.step(
+        "A denied change: PUT is not a connector update (405, never forwarded)",
+        Method::PUT,
+        &connector_url,
+        &json_headers,
+        r#"{"status":"active"}"#,
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+    tour.step(
+        "Other Graph traffic passes through (policy.other_requests = forward)",
+        Method::GET,
+        &format!("{gw}/v1.0/onPremisesPublishingProfiles/applicationProxy/connectors"),
+        &[("authorization", bearer.as_str())],
+        "",
+        StatusCode::OK,
+    )
+    .await;
+    tour.step(
+        "The admin listener's metrics",
+        Method::GET,
+        &format!("{admin}/metrics"),
+        &[],
+        "",
+        StatusCode::OK,
+    )
+    .await;
+
+    println!("\nTry it yourself:");
+    println!(
+        "  TOKEN=$(curl -s {token_url} -d '{form}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')"
+    );
+    println!(
+        "  curl -i -X PATCH {connector_url} \\\n    -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"status\":\"active\"}}'"
+    );
+    println!("  curl -s {admin}/metrics");
+    let ok = tour.failures == 0;
+    println!(
+        "\n{} of {} steps behaved as expected.",
+        tour.step - tour.failures.min(tour.step),
+        tour.step
+    );
+    if !once {
+        println!("Serving until Ctrl-C.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    gateway.shutdown().await;
+    simulator.shutdown().await;
+    Ok(ok)
+}

@@ -1,0 +1,193 @@
+//! The gateway as one tower layer: the same stack serves the standalone proxy and any Rust
+//! service that embeds it. Data flows one way through the stages of DESIGN.md:
+//!
+//! ```text
+//! request ids -> classify -> trace -> metrics -> rescue (errors, timeout) -> route guard -> forward
+//! ```
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use tower::{Layer, Service};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestId, SetRequestId};
+use tower_http::trace::{Trace, TraceLayer};
+
+use crate::config::Config;
+use crate::error::{CLIENT_REQUEST_ID, GatewayError, REQUEST_ID, Rescue, RescueLayer};
+use crate::future;
+use crate::metrics::{Metrics, MetricsLayer, MetricsService};
+use crate::proxy::BoxError;
+use crate::route::{Classify, ClassifyLayer, RouteGuard, RouteGuardLayer};
+use crate::trace::{AccessLog, DropInboundRequestId, MakeGuid, RequestSpan};
+
+/// The request body the upstream receives: a governed body the gateway buffered and validated
+/// (forwarded byte for byte), or the caller's body streamed through untouched.
+pub type ForwardBody<B> = Either<Full<Bytes>, B>;
+
+/// The response body callers receive: the gateway's own answer, or the upstream's.
+pub type GatewayBody<B> = tower_http::trace::ResponseBody<
+    Either<Full<Bytes>, B>,
+    tower_http::classify::NeverClassifyEos<tower_http::classify::ServerErrorsFailureClass>,
+    (),
+    (),
+    (),
+>;
+
+type Traced<S> =
+    Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
+
+type Stack<S> = DropInboundRequestId<
+    SetRequestId<
+        PropagateRequestId<
+            SetRequestId<
+                PropagateRequestId<
+                    Classify<Traced<MetricsService<Rescue<RouteGuard<Forward<S>>>>>>,
+                >,
+                MakeGuid,
+            >,
+        >,
+        MakeRequestUuid,
+    >,
+>;
+
+/// The whole policy gateway as a layer around an upstream service.
+///
+/// ```
+/// use connector_gateway::{Config, GatewayLayer};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::from_toml(r#"
+///     [upstream]
+///     url = "https://graph.microsoft.com"
+///     [auth]
+///     jwks_file = "keys.json"
+///     audiences = ["api://connector-gateway"]
+/// "#, std::path::Path::new("."))?;
+/// let layer = GatewayLayer::new(&config);
+/// // Wrap any `Service<Request<ForwardBody<B>>>`, e.g. a hyper-util client or your own handler:
+/// let upstream = tower::service_fn(|_req: http::Request<connector_gateway::ForwardBody<String>>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("{}")))
+/// });
+/// let _service = tower::Layer::layer(&layer, upstream);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct GatewayLayer {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+impl GatewayLayer {
+    /// A gateway with the given configuration and fresh metrics.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            config: Arc::new(config.clone()),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The metrics every service built from this layer records into.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+}
+
+impl<S> Layer<S> for GatewayLayer {
+    type Service = GatewayService<S>;
+
+    fn layer(&self, upstream: S) -> Self::Service {
+        let inner = tower::ServiceBuilder::new()
+            .layer(crate::trace::DropInboundRequestIdLayer)
+            .layer(tower_http::request_id::SetRequestIdLayer::new(
+                REQUEST_ID,
+                MakeRequestUuid,
+            ))
+            .layer(tower_http::request_id::PropagateRequestIdLayer::new(
+                REQUEST_ID,
+            ))
+            .layer(tower_http::request_id::SetRequestIdLayer::new(
+                CLIENT_REQUEST_ID,
+                MakeGuid,
+            ))
+            .layer(tower_http::request_id::PropagateRequestIdLayer::new(
+                CLIENT_REQUEST_ID,
+            ))
+            .layer(ClassifyLayer)
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(RequestSpan)
+                    .on_request(())
+                    .on_response(AccessLog)
+                    .on_body_chunk(())
+                    .on_eos(())
+                    .on_failure(()),
+            )
+            .layer(MetricsLayer::new(self.metrics.clone()))
+            .layer(RescueLayer::new(self.config.server.request_timeout))
+            .layer(RouteGuardLayer::new(self.config.policy.other_requests))
+            .service(Forward { inner: upstream });
+        GatewayService { inner }
+    }
+}
+
+/// The gateway wrapped around an upstream `S`. See [`GatewayLayer`].
+#[derive(Clone)]
+pub struct GatewayService<S> {
+    inner: Stack<S>,
+}
+
+impl<S> std::fmt::Debug for GatewayService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayService").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for GatewayService<S>
+where
+    S: Service<Request<ForwardBody<B>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+    ResB: http_body::Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<GatewayBody<ResB>>;
+    type Error = std::convert::Infallible;
+    type Future = <Stack<S> as Service<Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// Adapts the upstream: its body becomes the gateway's response body, its errors gateway errors.
+#[derive(Debug, Clone)]
+pub struct Forward<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> Service<Request<B>> for Forward<S>
+where
+    S: Service<Request<ForwardBody<B>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<Either<Full<Bytes>, ResB>>;
+    type Error = GatewayError;
+    type Future = future::MapUpstream<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| GatewayError::from_boxed(e.into()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        future::MapUpstream::new(self.inner.call(request.map(Either::Right)))
+    }
+}

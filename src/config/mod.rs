@@ -285,11 +285,16 @@ impl Config {
 
 /// Names the table a TOML error happened in (toml reports the span, not the dotted path).
 fn unknown_key_context(error: &toml::de::Error, text: &str) -> String {
-    let Some(span) = error.span() else { return "(file)".into() };
+    let Some(span) = error.span() else {
+        return "(file)".into();
+    };
     let spanned = text.get(span.clone()).unwrap_or_default().trim();
     let before = text.get(..span.start).unwrap_or_default();
     if spanned.starts_with('[') || before.trim_end().ends_with('[') {
-        return spanned.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        return spanned
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_owned();
     }
     let table = before
         .lines()
@@ -297,7 +302,11 @@ fn unknown_key_context(error: &toml::de::Error, text: &str) -> String {
         .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
         .unwrap_or("(top level)");
     let key = spanned.split('=').next().unwrap_or_default().trim();
-    if key.is_empty() || key.contains('\n') { table.to_owned() } else { format!("{table}.{key}") }
+    if key.is_empty() || key.contains('\n') {
+        table.to_owned()
+    } else {
+        format!("{table}.{key}")
+    }
 }
 
 impl TryFrom<(RawConfig, &Path)> for Config {

@@ -17,6 +17,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use crate::body::BodyError;
 use crate::proxy::{BoxError, UpstreamError};
 use crate::route::RouteError;
 
@@ -31,6 +32,9 @@ pub enum GatewayError {
     /// The request's path or method was refused by classification.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The body is not a legal connector change.
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// The upstream failed to answer.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -111,6 +115,20 @@ impl GatewayError {
             Self::Route(RouteError::NotAConnectorWrite) => {
                 Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
             }
+            Self::Body(BodyError::TooLarge { .. }) => Answer::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request_EntityTooLarge",
+                Denied,
+            ),
+            Self::Body(BodyError::UnsupportedMediaType) => Answer::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                Denied,
+            ),
+            Self::Body(BodyError::NotWritable(_)) => {
+                Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
+            }
+            Self::Body(_) => Answer::new(StatusCode::BAD_REQUEST, "Request_BadRequest", Denied),
             Self::Upstream(UpstreamError::Timeout(_)) => {
                 Answer::new(StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", Failed)
             }

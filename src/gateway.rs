@@ -2,7 +2,8 @@
 //! service that embeds it. Data flows one way through the stages of DESIGN.md:
 //!
 //! ```text
-//! request ids -> classify -> trace -> metrics -> rescue (errors, timeout) -> route guard -> forward
+//! request ids -> classify -> trace -> metrics -> rescue (errors, timeout) -> route guard
+//!   -> validate body -> forward
 //! ```
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestId, SetRequestId};
 use tower_http::trace::{Trace, TraceLayer};
 
+use crate::body::{ValidateBody, ValidateBodyLayer};
 use crate::config::Config;
 use crate::error::{CLIENT_REQUEST_ID, GatewayError, REQUEST_ID, Rescue, RescueLayer};
 use crate::future;
@@ -40,13 +42,14 @@ pub type GatewayBody<B> = tower_http::trace::ResponseBody<
 type Traced<S> =
     Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
 
+/// The policy stages inside the rescue edge, in the order of DESIGN.md.
+type Stages<S> = RouteGuard<ValidateBody<Forward<S>>>;
+
 type Stack<S> = DropInboundRequestId<
     SetRequestId<
         PropagateRequestId<
             SetRequestId<
-                PropagateRequestId<
-                    Classify<Traced<MetricsService<Rescue<RouteGuard<Forward<S>>>>>>,
-                >,
+                PropagateRequestId<Classify<Traced<MetricsService<Rescue<Stages<S>>>>>>,
                 MakeGuid,
             >,
         >,
@@ -128,6 +131,10 @@ impl<S> Layer<S> for GatewayLayer {
             .layer(MetricsLayer::new(self.metrics.clone()))
             .layer(RescueLayer::new(self.config.server.request_timeout))
             .layer(RouteGuardLayer::new(self.config.policy.other_requests))
+            .layer(ValidateBodyLayer::new(
+                self.config.server.max_body_bytes,
+                self.config.policy.writable_properties.clone(),
+            ))
             .service(Forward { inner: upstream });
         GatewayService { inner }
     }
@@ -148,8 +155,10 @@ impl<S> std::fmt::Debug for GatewayService<S> {
 impl<S, B, ResB> Service<Request<B>> for GatewayService<S>
 where
     S: Service<Request<ForwardBody<B>>, Response = Response<ResB>>,
+    S: Clone,
     S::Error: Into<BoxError>,
-    B: http_body::Body,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
     ResB: http_body::Body<Data = Bytes>,
     ResB::Error: Into<BoxError>,
 {
@@ -172,7 +181,7 @@ pub struct Forward<S> {
     inner: S,
 }
 
-impl<S, B, ResB> Service<Request<B>> for Forward<S>
+impl<S, B, ResB> Service<Request<ForwardBody<B>>> for Forward<S>
 where
     S: Service<Request<ForwardBody<B>>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
@@ -187,7 +196,7 @@ where
             .map_err(|e| GatewayError::from_boxed(e.into()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        future::MapUpstream::new(self.inner.call(request.map(Either::Right)))
+    fn call(&mut self, request: Request<ForwardBody<B>>) -> Self::Future {
+        future::MapUpstream::new(self.inner.call(request))
     }
 }

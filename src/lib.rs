@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;

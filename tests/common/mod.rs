@@ -26,7 +26,6 @@ pub fn config_text(simulator: &Simulator, upstream: &str, extra: &str) -> String
         r#"
 [server]
 listen = "127.0.0.1:0"
-request_timeout = "10s"
 {server_extra}
 [admin]
 listen = "127.0.0.1:0"

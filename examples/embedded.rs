@@ -26,21 +26,10 @@ audiences = ["api://connector-gateway"]
 "#;
 
 /// Your own service: here it answers every request it is handed with what it received.
-async fn handler(
-    request: Request<ForwardBody<Incoming>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handler(request: Request<ForwardBody<Incoming>>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let text = format!(
-        "handled {} {} ({} body bytes)\n",
-        parts.method,
-        parts.uri.path(),
-        body.len()
-    );
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let text = format!("handled {} {} ({} body bytes)\n", parts.method, parts.uri.path(), body.len());
     Ok(Response::new(Full::new(Bytes::from(text))))
 }
 
@@ -55,9 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (stream, _) = listener.accept().await?;
         let service = TowerToHyperService::new(service.clone());
         tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

@@ -23,9 +23,7 @@ pub struct Readiness {
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.checks.iter().map(|(name, _)| name))
-            .finish()
+        f.debug_list().entries(self.checks.iter().map(|(name, _)| name)).finish()
     }
 }
 
@@ -56,47 +54,25 @@ impl Readiness {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
 /// Answers one admin request.
-pub fn respond<B>(
-    request: &Request<B>,
-    metrics: &Metrics,
-    readiness: &Readiness,
-) -> Response<Full<Bytes>> {
+pub fn respond<B>(request: &Request<B>, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET\n".into(),
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             let (ready, checks) = readiness.evaluate();
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             let body = serde_json::json!({ "ready": ready, "checks": checks });
             text(status, "application/json", body.to_string())
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /healthz, /readyz or /metrics\n".into(),
-        ),
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz, /readyz or /metrics\n".into()),
     }
 }
 
@@ -104,12 +80,8 @@ pub fn respond<B>(
 pub fn service(
     metrics: Arc<Metrics>,
     readiness: Readiness,
-) -> impl tower::Service<
-    Request<hyper::body::Incoming>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future: Send,
-> + Clone
+) -> impl tower::Service<Request<hyper::body::Incoming>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
 + Send {
     tower::service_fn(move |request: Request<hyper::body::Incoming>| {
         let response = respond(&request, &metrics, &readiness);
@@ -130,10 +102,7 @@ mod tests {
         let mut readiness = Readiness::default();
         readiness.add("keys", Arc::new(|| Ok(())));
         let metrics = Metrics::default();
-        assert_eq!(
-            respond(&get("/readyz"), &metrics, &readiness).status(),
-            StatusCode::OK
-        );
+        assert_eq!(respond(&get("/readyz"), &metrics, &readiness).status(), StatusCode::OK);
         readiness.add("audit", Arc::new(|| Err("disk full".into())));
         let response = respond(&get("/readyz"), &metrics, &readiness);
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -145,18 +114,9 @@ mod tests {
     #[test]
     fn healthz_metrics_and_unknown_paths() {
         let (metrics, readiness) = (Metrics::default(), Readiness::default());
-        assert_eq!(
-            respond(&get("/healthz"), &metrics, &readiness).status(),
-            StatusCode::OK
-        );
+        assert_eq!(respond(&get("/healthz"), &metrics, &readiness).status(), StatusCode::OK);
         let response = respond(&get("/metrics"), &metrics, &readiness);
-        assert_eq!(
-            response.headers()[CONTENT_TYPE],
-            "text/plain; version=0.0.4"
-        );
-        assert_eq!(
-            respond(&get("/nope"), &metrics, &readiness).status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/plain; version=0.0.4");
+        assert_eq!(respond(&get("/nope"), &metrics, &readiness).status(), StatusCode::NOT_FOUND);
     }
 }

@@ -37,9 +37,7 @@ pub struct TourClient {
 
 impl Default for TourClient {
     fn default() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Self { client: Client::builder(TokioExecutor::new()).build_http() }
     }
 }
 
@@ -56,25 +54,11 @@ impl TourClient {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        let request = request.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
+        let response = self.client.request(request).await.map_err(|e| format!("{url}: {e}"))?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Answer {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Answer { status, body: String::from_utf8_lossy(&body).into_owned() })
     }
 }
 
@@ -82,13 +66,8 @@ async fn start_simulator(preferred: SocketAddr) -> Result<Simulator, String> {
     match Simulator::start(preferred, Faults::default()).await {
         Ok(simulator) => Ok(simulator),
         Err(_) => {
-            println!(
-                "  (port {} is busy; the simulator takes a free port instead)",
-                preferred.port()
-            );
-            Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Faults::default())
-                .await
-                .map_err(|e| e.to_string())
+            println!("  (port {} is busy; the simulator takes a free port instead)", preferred.port());
+            Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Faults::default()).await.map_err(|e| e.to_string())
         }
     }
 }
@@ -97,20 +76,12 @@ async fn start_simulator(preferred: SocketAddr) -> Result<Simulator, String> {
 /// are busy.
 fn demo_config(simulator: &Simulator, ephemeral: bool) -> Result<Config, String> {
     let mut config = Config::from_toml(LOCAL_CONFIG, Path::new(".")).map_err(|e| e.to_string())?;
-    config.upstream.url = simulator
-        .base_url()
-        .parse()
-        .map_err(|_| "bad simulator URL".to_owned())?;
-    config.auth.key_source = KeySource::OpenIdConfiguration(
-        simulator
-            .openid_configuration_url()
-            .parse()
-            .map_err(|_| "bad URL".to_owned())?,
-    );
+    config.upstream.url = simulator.base_url().parse().map_err(|_| "bad simulator URL".to_owned())?;
+    config.auth.key_source =
+        KeySource::OpenIdConfiguration(simulator.openid_configuration_url().parse().map_err(|_| "bad URL".to_owned())?);
     config.auth.issuers = vec![format!("{}/{{tenantid}}/v2.0", simulator.base_url())];
-    config.audit.path = std::env::temp_dir()
-        .join(format!("connector-gateway-demo-{}", std::process::id()))
-        .join("audit.jsonl");
+    config.audit.path =
+        std::env::temp_dir().join(format!("connector-gateway-demo-{}", std::process::id())).join("audit.jsonl");
     if ephemeral {
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -123,9 +94,7 @@ async fn start_gateway(simulator: &Simulator) -> Result<RunningGateway, String> 
         Ok(gateway) => Ok(gateway),
         Err(error) => {
             println!("  ({error}; the gateway takes free ports instead)");
-            launch::start(demo_config(simulator, true)?)
-                .await
-                .map_err(|e| e.to_string())
+            launch::start(demo_config(simulator, true)?).await.map_err(|e| e.to_string())
         }
     }
 }
@@ -150,24 +119,12 @@ impl Tour {
         println!(
             "\n{}. {title}\n   {method} {url}{}",
             self.step,
-            if body.is_empty() {
-                String::new()
-            } else {
-                format!("\n   {body}")
-            }
+            if body.is_empty() { String::new() } else { format!("\n   {body}") }
         );
         match self.client.send(method, url, headers, body).await {
             Ok(answer) => {
-                let verdict = if answer.status == expected {
-                    "as expected"
-                } else {
-                    "UNEXPECTED"
-                };
-                println!(
-                    "   -> {} ({verdict})\n   {}",
-                    answer.status,
-                    shorten(&answer.body)
-                );
+                let verdict = if answer.status == expected { "as expected" } else { "UNEXPECTED" };
+                println!("   -> {} ({verdict})\n   {}", answer.status, shorten(&answer.body));
                 if answer.status != expected {
                     self.failures += 1;
                 }
@@ -183,32 +140,19 @@ impl Tour {
 }
 
 fn shorten(text: &str) -> String {
-    if text.len() > 300 {
-        format!("{}...", text.get(..300).unwrap_or(text))
-    } else {
-        text.to_owned()
-    }
+    if text.len() > 300 { format!("{}...", text.get(..300).unwrap_or(text)) } else { text.to_owned() }
 }
 
 /// Runs the demo; returns whether every step behaved as expected.
 pub async fn run(once: bool) -> Result<bool, String> {
-    println!(
-        "connector-gateway demo: starting the simulator (Entra + Graph) and the gateway on loopback"
-    );
+    println!("connector-gateway demo: starting the simulator (Entra + Graph) and the gateway on loopback");
     let simulator = start_simulator(SocketAddr::from(([127, 0, 0, 1], 8081))).await?;
     let gateway = start_gateway(&simulator).await?;
-    let (sim, gw, admin) = (
-        simulator.base_url().to_owned(),
-        format!("http://{}", gateway.addr),
-        format!("http://{}", gateway.admin_addr),
-    );
+    let (sim, gw, admin) =
+        (simulator.base_url().to_owned(), format!("http://{}", gateway.addr), format!("http://{}", gateway.admin_addr));
     println!("  simulator: {sim}\n  gateway:   {gw}\n  admin:     {admin}");
 
-    let mut tour = Tour {
-        client: TourClient::default(),
-        failures: 0,
-        step: 0,
-    };
+    let mut tour = Tour { client: TourClient::default(), failures: 0, step: 0 };
     let form = format!(
         "grant_type=client_credentials&client_id={}&client_secret={}&scope=api://connector-gateway/.default",
         entra::DEV_CLIENT_ID,
@@ -229,12 +173,8 @@ pub async fn run(once: bool) -> Result<bool, String> {
         .and_then(|json| json["access_token"].as_str().map(str::to_owned))
         .unwrap_or_default();
     let bearer = format!("Bearer {token}");
-    let connector_url =
-        format!("{gw}/beta/onPremisesPublishingProfiles/applicationProxy/connectors/{CONNECTOR}");
-    let json_headers = [
-        ("authorization", bearer.as_str()),
-        ("content-type", "application/json"),
-    ];
+    let connector_url = format!("{gw}/beta/onPremisesPublishingProfiles/applicationProxy/connectors/{CONNECTOR}");
+    let json_headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
     tour.step(
         "An allowed change: set a connector inactive through the gateway",
         Method::PATCH,
@@ -244,15 +184,10 @@ pub async fn run(once: bool) -> Result<bool, String> {
         StatusCode::OK,
     )
     .await;
-    let changed = simulator
-        .connector(CONNECTOR)
-        .is_some_and(|c| c.status == "inactive");
+    let changed = simulator.connector(CONNECTOR).is_some_and(|c| c.status == "inactive");
     println!(
         "   Graph (simulated) now has status {:?}",
-        simulator
-            .connector(CONNECTOR)
-            .map(|c| c.status)
-            .unwrap_or_default()
+        simulator.connector(CONNECTOR).map(|c| c.status).unwrap_or_default()
     );
     if !changed {
         tour.failures += 1;
@@ -275,30 +210,16 @@ pub async fn run(once: bool) -> Result<bool, String> {
         StatusCode::OK,
     )
     .await;
-    tour.step(
-        "The admin listener's metrics",
-        Method::GET,
-        &format!("{admin}/metrics"),
-        &[],
-        "",
-        StatusCode::OK,
-    )
-    .await;
+    tour.step("The admin listener's metrics", Method::GET, &format!("{admin}/metrics"), &[], "", StatusCode::OK).await;
 
     println!("\nTry it yourself:");
-    println!(
-        "  TOKEN=$(curl -s {token_url} -d '{form}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')"
-    );
+    println!("  TOKEN=$(curl -s {token_url} -d '{form}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')");
     println!(
         "  curl -i -X PATCH {connector_url} \\\n    -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"status\":\"active\"}}'"
     );
     println!("  curl -s {admin}/metrics");
     let ok = tour.failures == 0;
-    println!(
-        "\n{} of {} steps behaved as expected.",
-        tour.step - tour.failures.min(tour.step),
-        tour.step
-    );
+    println!("\n{} of {} steps behaved as expected.", tour.step - tour.failures.min(tour.step), tour.step);
     if !once {
         println!("Serving until Ctrl-C.");
         let _ = tokio::signal::ctrl_c().await;

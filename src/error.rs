@@ -17,7 +17,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use crate::auth::AuthError;
 use crate::body::BodyError;
+use crate::policy::PolicyError;
 use crate::proxy::{BoxError, UpstreamError};
 use crate::route::RouteError;
 
@@ -32,6 +34,12 @@ pub enum GatewayError {
     /// The request's path or method was refused by classification.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The caller's token was not accepted.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The caller may not write connectors.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// The body is not a legal connector change.
     #[error(transparent)]
     Body(#[from] BodyError),
@@ -82,12 +90,7 @@ struct Answer {
 
 impl Answer {
     fn new(status: StatusCode, code: &'static str, decision: Decision) -> Self {
-        Self {
-            status,
-            code,
-            headers: Vec::new(),
-            decision,
-        }
+        Self { status, code, headers: Vec::new(), decision }
     }
 
     fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
@@ -100,31 +103,49 @@ impl GatewayError {
     fn answer(&self) -> Answer {
         use Decision::*;
         match self {
-            Self::Route(RouteError::Ambiguous { .. }) => {
-                Answer::new(StatusCode::BAD_REQUEST, "BadRequest", Denied)
-            }
+            Self::Route(RouteError::Ambiguous { .. }) => Answer::new(StatusCode::BAD_REQUEST, "BadRequest", Denied),
             Self::Route(RouteError::MethodOverride { .. }) => {
                 Answer::new(StatusCode::BAD_REQUEST, "BadRequest", Denied)
             }
             Self::Route(RouteError::MethodNotAllowed { .. }) => {
-                Answer::new(StatusCode::METHOD_NOT_ALLOWED, "Request_BadRequest", Denied).header(
-                    http::header::ALLOW,
-                    HeaderValue::from_static("GET, HEAD, PATCH"),
-                )
+                Answer::new(StatusCode::METHOD_NOT_ALLOWED, "Request_BadRequest", Denied)
+                    .header(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, PATCH"))
             }
             Self::Route(RouteError::NotAConnectorWrite) => {
                 Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
             }
-            Self::Body(BodyError::TooLarge { .. }) => Answer::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request_EntityTooLarge",
-                Denied,
-            ),
-            Self::Body(BodyError::UnsupportedMediaType) => Answer::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                Denied,
-            ),
+            Self::Auth(AuthError::KeysUnavailable) => {
+                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", Failed)
+                    .header(RETRY_AFTER, HeaderValue::from_static("5"))
+            }
+            Self::Auth(error) => {
+                let challenge = format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    error.to_string().replace('"', "'")
+                );
+                Answer::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", Denied).header(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_str(&challenge)
+                        .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+                )
+            }
+            Self::Policy(PolicyError::InsufficientScope { required, .. }) => {
+                let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", required.join(" "));
+                Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied).header(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_str(&challenge)
+                        .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"insufficient_scope\"")),
+                )
+            }
+            Self::Policy(PolicyError::TenantNotAllowed { .. }) => {
+                Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
+            }
+            Self::Body(BodyError::TooLarge { .. }) => {
+                Answer::new(StatusCode::PAYLOAD_TOO_LARGE, "Request_EntityTooLarge", Denied)
+            }
+            Self::Body(BodyError::UnsupportedMediaType) => {
+                Answer::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", Denied)
+            }
             Self::Body(BodyError::NotWritable(_)) => {
                 Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
             }
@@ -132,12 +153,8 @@ impl GatewayError {
             Self::Upstream(UpstreamError::Timeout(_)) => {
                 Answer::new(StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", Failed)
             }
-            Self::Upstream(_) | Self::Embedded(_) => {
-                Answer::new(StatusCode::BAD_GATEWAY, "BadGateway", Failed)
-            }
-            Self::RequestTimeout(_) => {
-                Answer::new(StatusCode::GATEWAY_TIMEOUT, "RequestTimeout", Failed)
-            }
+            Self::Upstream(_) | Self::Embedded(_) => Answer::new(StatusCode::BAD_GATEWAY, "BadGateway", Failed),
+            Self::RequestTimeout(_) => Answer::new(StatusCode::GATEWAY_TIMEOUT, "RequestTimeout", Failed),
         }
     }
 
@@ -164,9 +181,7 @@ impl GatewayError {
         let answer = self.answer();
         // Upstream details (addresses, TLS errors) go to the log, not to the caller.
         let message = match &self {
-            Self::Upstream(UpstreamError::Connect(_)) => {
-                "the upstream could not be reached".to_owned()
-            }
+            Self::Upstream(UpstreamError::Connect(_)) => "the upstream could not be reached".to_owned(),
             Self::Upstream(UpstreamError::Broken(_)) => "the upstream connection failed".to_owned(),
             other => other.to_string(),
         };
@@ -174,26 +189,15 @@ impl GatewayError {
         for (name, value) in answer.headers {
             response.headers_mut().insert(name, value);
         }
-        if answer.status == StatusCode::UNAUTHORIZED
-            && !response.headers().contains_key(WWW_AUTHENTICATE)
-        {
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+        if answer.status == StatusCode::UNAUTHORIZED && !response.headers().contains_key(WWW_AUTHENTICATE) {
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
         }
-        if answer.status == StatusCode::SERVICE_UNAVAILABLE
-            && !response.headers().contains_key(RETRY_AFTER)
-        {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE && !response.headers().contains_key(RETRY_AFTER) {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response.extensions_mut().insert(answer.decision);
         if let Self::Upstream(error) = &self {
-            response
-                .extensions_mut()
-                .insert(UpstreamFailure(error.kind()));
+            response.extensions_mut().insert(UpstreamFailure(error.kind()));
         }
         response.map(Either::Left)
     }
@@ -219,18 +223,8 @@ impl RequestIds {
 }
 
 /// A Graph-style JSON error response.
-pub fn graph_error(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    ids: &RequestIds,
-) -> Response<Full<Bytes>> {
-    let text = |v: &Option<HeaderValue>| {
-        v.as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
+pub fn graph_error(status: StatusCode, code: &str, message: &str, ids: &RequestIds) -> Response<Full<Bytes>> {
+    let text = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let body = serde_json::json!({
         "error": {
             "code": code,
@@ -244,9 +238,7 @@ pub fn graph_error(
     });
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(id) = &ids.request_id {
         response.headers_mut().insert(REQUEST_ID, id.clone());
     }
@@ -277,10 +269,7 @@ impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue {
-            inner,
-            timeout: self.timeout,
-        }
+        Rescue { inner, timeout: self.timeout }
     }
 }
 
@@ -370,44 +359,27 @@ mod tests {
             request_id: Some(HeaderValue::from_static("gw-1")),
             client_request_id: Some(HeaderValue::from_static("client-7")),
         };
-        let response =
-            GatewayError::RequestTimeout(Duration::from_secs(2)).into_response::<Full<Bytes>>(&ids);
+        let response = GatewayError::RequestTimeout(Duration::from_secs(2)).into_response::<Full<Bytes>>(&ids);
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         assert_eq!(response.headers()[REQUEST_ID], "gw-1");
         assert_eq!(response.headers()[CLIENT_REQUEST_ID], "client-7");
-        assert_eq!(
-            response.extensions().get::<Decision>(),
-            Some(&Decision::Failed)
-        );
+        assert_eq!(response.extensions().get::<Decision>(), Some(&Decision::Failed));
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"]["code"], "RequestTimeout");
-        assert_eq!(
-            json["error"]["message"],
-            "the request did not complete within 2s"
-        );
+        assert_eq!(json["error"]["message"], "the request did not complete within 2s");
         assert_eq!(json["error"]["innerError"]["request-id"], "gw-1");
         assert_eq!(json["error"]["innerError"]["client-request-id"], "client-7");
-        assert!(
-            json["error"]["innerError"]["date"]
-                .as_str()
-                .unwrap()
-                .starts_with("20")
-        );
+        assert!(json["error"]["innerError"]["date"].as_str().unwrap().starts_with("20"));
     }
 
     #[tokio::test]
     async fn method_not_allowed_names_the_allowed_methods() {
-        let error = GatewayError::Route(RouteError::MethodNotAllowed {
-            method: http::Method::PUT,
-        });
+        let error = GatewayError::Route(RouteError::MethodNotAllowed { method: http::Method::PUT });
         let response = error.into_response::<Full<Bytes>>(&RequestIds::default());
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[http::header::ALLOW], "GET, HEAD, PATCH");
-        assert_eq!(
-            response.extensions().get::<Decision>(),
-            Some(&Decision::Denied)
-        );
+        assert_eq!(response.extensions().get::<Decision>(), Some(&Decision::Denied));
     }
 }

@@ -75,10 +75,8 @@ where
     F: Future<Output = Result<http::Response<ResB>, E>>,
     E: Into<crate::proxy::BoxError>,
 {
-    type Output = Result<
-        http::Response<http_body_util::Either<http_body_util::Full<bytes::Bytes>, ResB>>,
-        GatewayError,
-    >;
+    type Output =
+        Result<http::Response<http_body_util::Either<http_body_util::Full<bytes::Bytes>, ResB>>, GatewayError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = std::task::ready!(self.project().inner.poll(cx));

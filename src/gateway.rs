@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! request ids -> classify -> trace -> metrics -> rescue (errors, timeout) -> route guard
-//!   -> validate body -> forward
+//!   -> authenticate -> authorize -> validate body -> forward
 //! ```
 
 use std::sync::Arc;
@@ -17,11 +17,14 @@ use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestId, SetRequestId};
 use tower_http::trace::{Trace, TraceLayer};
 
+use crate::admin::Readiness;
+use crate::auth::{Authenticate, AuthenticateLayer, KeyStore, Verifier};
 use crate::body::{ValidateBody, ValidateBodyLayer};
 use crate::config::Config;
 use crate::error::{CLIENT_REQUEST_ID, GatewayError, REQUEST_ID, Rescue, RescueLayer};
 use crate::future;
 use crate::metrics::{Metrics, MetricsLayer, MetricsService};
+use crate::policy::{Authorize, AuthorizeLayer, Rules};
 use crate::proxy::BoxError;
 use crate::route::{Classify, ClassifyLayer, RouteGuard, RouteGuardLayer};
 use crate::trace::{AccessLog, DropInboundRequestId, MakeGuid, RequestSpan};
@@ -39,19 +42,15 @@ pub type GatewayBody<B> = tower_http::trace::ResponseBody<
     (),
 >;
 
-type Traced<S> =
-    Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
+type Traced<S> = Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
 
 /// The policy stages inside the rescue edge, in the order of DESIGN.md.
-type Stages<S> = RouteGuard<ValidateBody<Forward<S>>>;
+type Stages<S> = RouteGuard<Authenticate<Authorize<ValidateBody<Forward<S>>>>>;
 
 type Stack<S> = DropInboundRequestId<
     SetRequestId<
         PropagateRequestId<
-            SetRequestId<
-                PropagateRequestId<Classify<Traced<MetricsService<Rescue<Stages<S>>>>>>,
-                MakeGuid,
-            >,
+            SetRequestId<PropagateRequestId<Classify<Traced<MetricsService<Rescue<Stages<S>>>>>>, MakeGuid>,
         >,
         MakeRequestUuid,
     >,
@@ -81,15 +80,47 @@ type Stack<S> = DropInboundRequestId<
 pub struct GatewayLayer {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    verifier: Arc<Verifier>,
 }
 
 impl GatewayLayer {
-    /// A gateway with the given configuration and fresh metrics.
+    /// A gateway with the given configuration and fresh metrics. Keys come from the configured
+    /// source once [`GatewayLayer::spawn_background`] runs.
     pub fn new(config: &Config) -> Self {
+        let connector = crate::proxy::https_connector(&config.upstream.extra_roots, config.upstream.connect_timeout);
+        let keys = KeyStore::new(config.auth.key_source.clone(), connector, config.auth.unknown_kid_cooldown);
+        Self::with_keys(config, keys)
+    }
+
+    /// A gateway whose keys come from `keys` (e.g. [`KeyStore::fixed`]).
+    pub fn with_keys(config: &Config, keys: KeyStore) -> Self {
         Self {
             config: Arc::new(config.clone()),
             metrics: Arc::new(Metrics::default()),
+            verifier: Arc::new(Verifier::new(&config.auth, keys)),
         }
+    }
+
+    /// Starts the background work: loading and refreshing signing keys. Call once, inside a
+    /// tokio runtime; abort the handles to stop.
+    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![self.verifier.keys().spawn_refresh(self.config.auth.refresh_interval)]
+    }
+
+    /// The checks behind `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        let mut readiness = Readiness::default();
+        let keys = self.verifier.keys().clone();
+        readiness.add(
+            "keys",
+            Arc::new(move || keys.current().map(|_| ()).ok_or_else(|| "signing keys not loaded".to_owned())),
+        );
+        readiness
+    }
+
+    /// The token verifier (and through it, the key store).
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier.clone()
     }
 
     /// The metrics every service built from this layer records into.
@@ -104,20 +135,10 @@ impl<S> Layer<S> for GatewayLayer {
     fn layer(&self, upstream: S) -> Self::Service {
         let inner = tower::ServiceBuilder::new()
             .layer(crate::trace::DropInboundRequestIdLayer)
-            .layer(tower_http::request_id::SetRequestIdLayer::new(
-                REQUEST_ID,
-                MakeRequestUuid,
-            ))
-            .layer(tower_http::request_id::PropagateRequestIdLayer::new(
-                REQUEST_ID,
-            ))
-            .layer(tower_http::request_id::SetRequestIdLayer::new(
-                CLIENT_REQUEST_ID,
-                MakeGuid,
-            ))
-            .layer(tower_http::request_id::PropagateRequestIdLayer::new(
-                CLIENT_REQUEST_ID,
-            ))
+            .layer(tower_http::request_id::SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(tower_http::request_id::PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(tower_http::request_id::SetRequestIdLayer::new(CLIENT_REQUEST_ID, MakeGuid))
+            .layer(tower_http::request_id::PropagateRequestIdLayer::new(CLIENT_REQUEST_ID))
             .layer(ClassifyLayer)
             .layer(
                 TraceLayer::new_for_http()
@@ -131,6 +152,8 @@ impl<S> Layer<S> for GatewayLayer {
             .layer(MetricsLayer::new(self.metrics.clone()))
             .layer(RescueLayer::new(self.config.server.request_timeout))
             .layer(RouteGuardLayer::new(self.config.policy.other_requests))
+            .layer(AuthenticateLayer::new(self.verifier.clone()))
+            .layer(AuthorizeLayer::new(Rules::new(&self.config.policy, &self.config.auth)))
             .layer(ValidateBodyLayer::new(
                 self.config.server.max_body_bytes,
                 self.config.policy.writable_properties.clone(),
@@ -191,9 +214,7 @@ where
     type Future = future::MapUpstream<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| GatewayError::from_boxed(e.into()))
+        self.inner.poll_ready(cx).map_err(|e| GatewayError::from_boxed(e.into()))
     }
 
     fn call(&mut self, request: Request<ForwardBody<B>>) -> Self::Future {

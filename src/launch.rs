@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Readiness};
+use crate::admin;
 use crate::config::Config;
 use crate::gateway::{ForwardBody, GatewayLayer};
 use crate::metrics::Metrics;
@@ -42,12 +42,16 @@ pub struct RunningGateway {
     pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningGateway {
     /// Stops accepting, drains in-flight requests (bounded by `server.drain_timeout`), and returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        for task in &self.background {
+            task.abort();
+        }
         for task in self.tasks {
             let _ = task.await;
         }
@@ -55,9 +59,7 @@ impl RunningGateway {
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { key, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
 }
 
 /// Starts the gateway described by `config`.
@@ -69,21 +71,22 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         addr: config.server.listen,
         source,
     })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            key: "admin.listen",
-            addr: config.admin.listen,
-            source,
-        })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+        key: "admin.listen",
+        addr: config.admin.listen,
+        source,
+    })?;
 
     let layer = GatewayLayer::new(&config);
     let metrics = layer.metrics();
-    let readiness = Readiness::default();
-    let service = tower::Layer::layer(
-        &layer,
-        Proxy::<ForwardBody<Incoming>>::new(&config.upstream),
-    );
+    let readiness = layer.readiness();
+    // Serve with keys from the start when the source answers; otherwise /readyz says so and the
+    // background task keeps trying.
+    if let Err(error) = layer.verifier().keys().refresh().await {
+        tracing::warn!(%error, "signing keys could not be loaded at start; retrying in the background");
+    }
+    let background = layer.spawn_background();
+    let service = tower::Layer::layer(&layer, Proxy::<ForwardBody<Incoming>>::new(&config.upstream));
 
     let limits = ListenerLimits {
         header_read_timeout: config.server.header_read_timeout,
@@ -95,38 +98,12 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let when_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let tls = config
-        .server
-        .tls
-        .clone()
-        .map(tokio_rustls::TlsAcceptor::from);
-    let public = tokio::spawn(server::serve(
-        listener,
-        tls,
-        service,
-        limits.clone(),
-        when_stopped(stopped.clone()),
-    ));
+    let tls = config.server.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let public = tokio::spawn(server::serve(listener, tls, service, limits.clone(), when_stopped(stopped.clone())));
     let admin_service = admin::service(metrics.clone(), readiness);
-    let admin = tokio::spawn(server::serve(
-        admin_listener,
-        None,
-        admin_service,
-        limits,
-        when_stopped(stopped),
-    ));
+    let admin = tokio::spawn(server::serve(admin_listener, None, admin_service, limits, when_stopped(stopped)));
 
-    let scheme = if config.server.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, "ready: serving {scheme}://{addr}");
-    Ok(RunningGateway {
-        addr,
-        admin_addr,
-        metrics,
-        stop,
-        tasks: vec![public, admin],
-    })
+    Ok(RunningGateway { addr, admin_addr, metrics, stop, tasks: vec![public, admin], background })
 }

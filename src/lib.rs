@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
@@ -21,6 +22,7 @@ pub mod future;
 pub mod gateway;
 pub mod launch;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -34,4 +36,5 @@ pub use gateway::{ForwardBody, GatewayLayer, GatewayService};
 /// built on the same provider, so one crypto library serves the whole tree.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
 }

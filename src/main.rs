@@ -13,20 +13,15 @@ const USAGE: &str = "usage:
 
 fn init_logging(default_level: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_level.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
+    // A closed stderr must not take the gateway down: tracing-subscriber would report its own
+    // write failure with eprintln!, which panics when stderr is gone.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     }
 }
 
@@ -53,11 +48,10 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -94,11 +88,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 _ => return Err(USAGE.to_owned()),
             };
             let ok = runtime()?.block_on(connector_gateway::demo::run(once))?;
-            if ok {
-                Ok(())
-            } else {
-                Err("some demo steps did not behave as expected".into())
-            }
+            if ok { Ok(()) } else { Err("some demo steps did not behave as expected".into()) }
         }
         _ => Err(USAGE.to_owned()),
     }
@@ -110,9 +100,7 @@ fn simulate(args: &[String]) -> Result<(), String> {
     let mut faults = Faults::default();
     let mut args = args.iter();
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let ratio = |v: &str| {
             v.parse::<f64>()
                 .ok()
@@ -123,23 +111,26 @@ fn simulate(args: &[String]) -> Result<(), String> {
             "--listen" => listen = value.clone(),
             "--throttle" => faults.throttle = ratio(value)?,
             "--unavailable" => faults.unavailable = ratio(value)?,
-            "--latency" => {
-                faults.latency =
-                    humantime::parse_duration(value).map_err(|e| format!("--latency: {e}"))?
-            }
+            "--latency" => faults.latency = humantime::parse_duration(value).map_err(|e| format!("--latency: {e}"))?,
             _ => return Err(USAGE.to_owned()),
         }
     }
-    let addr = listen
-        .parse()
-        .map_err(|_| format!("--listen: `{listen}` is not an address like 127.0.0.1:8081"))?;
+    let addr = listen.parse().map_err(|_| format!("--listen: `{listen}` is not an address like 127.0.0.1:8081"))?;
     runtime()?.block_on(async {
         let simulator = Simulator::start(addr, faults).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(addr = %simulator.addr(), "simulator ready");
         println!("simulator ready on {}", simulator.base_url());
         println!("  OpenID configuration: {}", simulator.openid_configuration_url());
-        println!("  token endpoint:       {} (client_id {}, client_secret {})", simulator.token_url(), entra::DEV_CLIENT_ID, entra::DEV_CLIENT_SECRET);
-        println!("  connectors:           {}/beta/onPremisesPublishingProfiles/applicationProxy/connectors", simulator.base_url());
+        println!(
+            "  token endpoint:       {} (client_id {}, client_secret {})",
+            simulator.token_url(),
+            entra::DEV_CLIENT_ID,
+            entra::DEV_CLIENT_SECRET
+        );
+        println!(
+            "  connectors:           {}/beta/onPremisesPublishingProfiles/applicationProxy/connectors",
+            simulator.base_url()
+        );
         wait_for_signal().await;
         simulator.shutdown().await;
         Ok(())
@@ -150,11 +141,7 @@ fn main() -> ExitCode {
     install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The demo prints its own tour; the gateway's access log would drown it (RUST_LOG overrides).
-    init_logging(if args.first().is_some_and(|c| c == "demo") {
-        "warn"
-    } else {
-        "info"
-    });
+    init_logging(if args.first().is_some_and(|c| c == "demo") { "warn" } else { "info" });
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

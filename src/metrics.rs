@@ -22,9 +22,7 @@ const DECISIONS: [Decision; 3] = [Decision::Forwarded, Decision::Denied, Decisio
 /// Status codes 100..=599, one slot each.
 const STATUSES: usize = 500;
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const UPSTREAM_ERRORS: [&str; 3] = ["connect", "broken", "timeout"];
 
 fn class_index(class: RouteClass) -> usize {
@@ -56,10 +54,7 @@ impl Histogram {
             self.buckets.get(i).map(|b| b.fetch_add(1, Relaxed));
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(
-            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        self.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 }
 
@@ -80,9 +75,7 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            requests: (0..CLASSES.len() * DECISIONS.len() * STATUSES)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            requests: (0..CLASSES.len() * DECISIONS.len() * STATUSES).map(|_| AtomicU64::new(0)).collect(),
             latency: std::array::from_fn(|_| Histogram::new()),
             upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             started: Instant::now(),
@@ -94,8 +87,7 @@ impl Metrics {
     /// Counts one finished request.
     pub fn record(&self, class: RouteClass, decision: Decision, status: u16, elapsed: Duration) {
         let status = usize::from(status.clamp(100, 599) - 100);
-        let slot =
-            (class_index(class) * DECISIONS.len() + decision_index(decision)) * STATUSES + status;
+        let slot = (class_index(class) * DECISIONS.len() + decision_index(decision)) * STATUSES + status;
         if let Some(counter) = self.requests.get(slot) {
             counter.fetch_add(1, Relaxed);
         }
@@ -114,17 +106,14 @@ impl Metrics {
     /// How many requests of this class, decision and status were counted.
     pub fn requests(&self, class: RouteClass, decision: Decision, status: u16) -> u64 {
         let status = usize::from(status.clamp(100, 599) - 100);
-        let slot =
-            (class_index(class) * DECISIONS.len() + decision_index(decision)) * STATUSES + status;
+        let slot = (class_index(class) * DECISIONS.len() + decision_index(decision)) * STATUSES + status;
         self.requests.get(slot).map_or(0, |c| c.load(Relaxed))
     }
 
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        out.push_str(
-            "# HELP gateway_requests_total Requests by route class, decision and status.\n",
-        );
+        out.push_str("# HELP gateway_requests_total Requests by route class, decision and status.\n");
         out.push_str("# TYPE gateway_requests_total counter\n");
         for (c, class) in CLASSES.iter().enumerate() {
             for (d, decision) in DECISIONS.iter().enumerate() {
@@ -143,9 +132,7 @@ impl Metrics {
                 }
             }
         }
-        out.push_str(
-            "# HELP gateway_request_duration_seconds Time from request to response head.\n",
-        );
+        out.push_str("# HELP gateway_request_duration_seconds Time from request to response head.\n");
         out.push_str("# TYPE gateway_request_duration_seconds histogram\n");
         for (class, histogram) in CLASSES.iter().zip(&self.latency) {
             let mut cumulative = 0;
@@ -164,33 +151,17 @@ impl Metrics {
                 "gateway_request_duration_seconds_bucket{{class=\"{}\",le=\"+Inf\"}} {count}",
                 class.as_str()
             );
-            let _ = writeln!(
-                out,
-                "gateway_request_duration_seconds_sum{{class=\"{}\"}} {sum}",
-                class.as_str()
-            );
-            let _ = writeln!(
-                out,
-                "gateway_request_duration_seconds_count{{class=\"{}\"}} {count}",
-                class.as_str()
-            );
+            let _ = writeln!(out, "gateway_request_duration_seconds_sum{{class=\"{}\"}} {sum}", class.as_str());
+            let _ = writeln!(out, "gateway_request_duration_seconds_count{{class=\"{}\"}} {count}", class.as_str());
         }
         out.push_str("# HELP gateway_upstream_errors_total Upstream failures by kind.\n");
         out.push_str("# TYPE gateway_upstream_errors_total counter\n");
         for (kind, counter) in UPSTREAM_ERRORS.iter().zip(&self.upstream_errors) {
-            let _ = writeln!(
-                out,
-                "gateway_upstream_errors_total{{kind=\"{kind}\"}} {}",
-                counter.load(Relaxed)
-            );
+            let _ = writeln!(out, "gateway_upstream_errors_total{{kind=\"{kind}\"}} {}", counter.load(Relaxed));
         }
         out.push_str("# HELP gateway_uptime_seconds Seconds since the gateway started.\n");
         out.push_str("# TYPE gateway_uptime_seconds gauge\n");
-        let _ = writeln!(
-            out,
-            "gateway_uptime_seconds {}",
-            self.started.elapsed().as_secs()
-        );
+        let _ = writeln!(out, "gateway_uptime_seconds {}", self.started.elapsed().as_secs());
         out
     }
 }
@@ -212,10 +183,7 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService {
-            inner,
-            metrics: self.metrics.clone(),
-        }
+        MetricsService { inner, metrics: self.metrics.clone() }
     }
 }
 
@@ -239,10 +207,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let class = request
-            .extensions()
-            .get::<Route>()
-            .map_or(RouteClass::Other, |r| r.class);
+        let class = request.extensions().get::<Route>().map_or(RouteClass::Other, |r| r.class);
         ResponseFuture {
             inner: self.inner.call(request),
             metrics: self.metrics.clone(),
@@ -273,17 +238,8 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
-            let decision = response
-                .extensions()
-                .get::<Decision>()
-                .copied()
-                .unwrap_or(Decision::Forwarded);
-            this.metrics.record(
-                *this.class,
-                decision,
-                response.status().as_u16(),
-                this.started.elapsed(),
-            );
+            let decision = response.extensions().get::<Decision>().copied().unwrap_or(Decision::Forwarded);
+            this.metrics.record(*this.class, decision, response.status().as_u16(), this.started.elapsed());
             if let Some(UpstreamFailure(kind)) = response.extensions().get::<UpstreamFailure>() {
                 this.metrics.upstream_error(kind);
             }
@@ -299,41 +255,20 @@ mod tests {
     #[test]
     fn rendered_text_has_counts_buckets_and_errors() {
         let metrics = Metrics::default();
-        metrics.record(
-            RouteClass::ConnectorWrite,
-            Decision::Denied,
-            401,
-            Duration::from_millis(2),
-        );
-        metrics.record(
-            RouteClass::ConnectorWrite,
-            Decision::Denied,
-            401,
-            Duration::from_millis(20),
-        );
-        metrics.record(
-            RouteClass::Other,
-            Decision::Forwarded,
-            200,
-            Duration::from_micros(300),
-        );
+        metrics.record(RouteClass::ConnectorWrite, Decision::Denied, 401, Duration::from_millis(2));
+        metrics.record(RouteClass::ConnectorWrite, Decision::Denied, 401, Duration::from_millis(20));
+        metrics.record(RouteClass::Other, Decision::Forwarded, 200, Duration::from_micros(300));
         metrics.upstream_error("timeout");
         let text = metrics.render();
-        assert!(text.contains("gateway_requests_total{class=\"connector_write\",decision=\"denied\",status=\"401\"} 2\n"), "{text}");
-        assert!(text.contains(
-            "gateway_requests_total{class=\"other\",decision=\"forwarded\",status=\"200\"} 1\n"
-        ));
-        assert!(text.contains(
-            "gateway_request_duration_seconds_bucket{class=\"connector_write\",le=\"0.005\"} 1\n"
-        ));
-        assert!(text.contains(
-            "gateway_request_duration_seconds_bucket{class=\"connector_write\",le=\"0.025\"} 2\n"
-        ));
+        assert!(
+            text.contains("gateway_requests_total{class=\"connector_write\",decision=\"denied\",status=\"401\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_requests_total{class=\"other\",decision=\"forwarded\",status=\"200\"} 1\n"));
+        assert!(text.contains("gateway_request_duration_seconds_bucket{class=\"connector_write\",le=\"0.005\"} 1\n"));
+        assert!(text.contains("gateway_request_duration_seconds_bucket{class=\"connector_write\",le=\"0.025\"} 2\n"));
         assert!(text.contains("gateway_request_duration_seconds_count{class=\"other\"} 1\n"));
         assert!(text.contains("gateway_upstream_errors_total{kind=\"timeout\"} 1\n"));
-        assert_eq!(
-            metrics.requests(RouteClass::ConnectorWrite, Decision::Denied, 401),
-            2
-        );
+        assert_eq!(metrics.requests(RouteClass::ConnectorWrite, Decision::Denied, 401), 2);
     }
 }

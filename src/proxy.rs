@@ -91,11 +91,7 @@ pub struct Proxy<B> {
 
 impl<B> Clone for Proxy<B> {
     fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            origin: self.origin.clone(),
-            timeout: self.timeout,
-        }
+        Self { client: self.client.clone(), origin: self.origin.clone(), timeout: self.timeout }
     }
 }
 
@@ -108,10 +104,7 @@ struct Origin {
 
 impl<B> std::fmt::Debug for Proxy<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("origin", &self.origin)
-            .field("timeout", &self.timeout)
-            .finish()
+        f.debug_struct("Proxy").field("origin", &self.origin).field("timeout", &self.timeout).finish()
     }
 }
 
@@ -127,12 +120,10 @@ pub fn https_connector(
         // A malformed anchor was already refused when the config was loaded.
         let _ = roots.add(cert.clone());
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-    .unwrap_or_else(|_| unreachable_tls_config());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| unreachable_tls_config());
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -146,9 +137,7 @@ pub fn https_connector(
 
 /// aws-lc-rs supports the default protocol versions; this only satisfies the type checker.
 fn unreachable_tls_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
+    rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
 }
 
 impl<B> Proxy<B>
@@ -164,23 +153,10 @@ where
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        let authority = config
-            .url
-            .authority()
-            .cloned()
-            .unwrap_or_else(|| Authority::from_static("localhost"));
-        let host = HeaderValue::from_str(authority.as_str())
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let authority = config.url.authority().cloned().unwrap_or_else(|| Authority::from_static("localhost"));
+        let host = HeaderValue::from_str(authority.as_str()).unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         let scheme = config.url.scheme().cloned().unwrap_or(Scheme::HTTPS);
-        Self {
-            client,
-            origin: Arc::new(Origin {
-                scheme,
-                authority,
-                host,
-            }),
-            timeout: config.timeout,
-        }
+        Self { client, origin: Arc::new(Origin { scheme, authority, host }), timeout: config.timeout }
     }
 }
 
@@ -199,14 +175,8 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = Uri::builder()
-            .scheme(self.origin.scheme.clone())
-            .authority(self.origin.authority.clone());
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = Uri::builder().scheme(self.origin.scheme.clone()).authority(self.origin.authority.clone());
         uri = uri.path_and_query(path);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(header::HOST, self.origin.host.clone());
@@ -214,10 +184,7 @@ where
         // The client picks the protocol per connection (ALPN); the caller's version is not ours to keep.
         parts.version = http::Version::HTTP_11;
         let upstream = Request::from_parts(parts, body);
-        ProxyFuture {
-            inner: tokio::time::timeout(self.timeout, self.client.request(upstream)),
-            timeout: self.timeout,
-        }
+        ProxyFuture { inner: tokio::time::timeout(self.timeout, self.client.request(upstream)), timeout: self.timeout }
     }
 }
 
@@ -237,9 +204,7 @@ impl Future for ProxyFuture {
         let this = self.project();
         let result = match std::task::ready!(this.inner.poll(cx)) {
             Err(_) => Err(UpstreamError::Timeout(*this.timeout)),
-            Ok(Err(error)) if error.is_connect() => {
-                Err(UpstreamError::Connect(source_chain(&error)))
-            }
+            Ok(Err(error)) if error.is_connect() => Err(UpstreamError::Connect(source_chain(&error))),
             Ok(Err(error)) => Err(UpstreamError::Broken(source_chain(&error))),
             Ok(Ok(mut response)) => {
                 strip_hop_by_hop(response.headers_mut());
@@ -272,26 +237,14 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
-        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        headers.insert(
-            header::PROXY_AUTHORIZATION,
-            HeaderValue::from_static("Basic x"),
-        );
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer kept"),
-        );
+        headers.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer kept"));
         headers.insert("client-request-id", HeaderValue::from_static("kept"));
         strip_hop_by_hop(&mut headers);
         let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();

@@ -17,11 +17,7 @@ use crate::config::OtherRequests;
 use crate::error::GatewayError;
 
 /// Headers that ask a server to treat a request as another method.
-const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// Graph API version of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,19 +129,11 @@ pub struct Route {
 
 impl Route {
     fn other() -> Self {
-        Self {
-            class: RouteClass::Other,
-            target: None,
-            rejection: None,
-        }
+        Self { class: RouteClass::Other, target: None, rejection: None }
     }
 
     fn rejected(class: RouteClass, error: RouteError) -> Self {
-        Self {
-            class,
-            target: None,
-            rejection: Some(error),
-        }
+        Self { class, target: None, rejection: Some(error) }
     }
 }
 
@@ -156,11 +144,7 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
         return Route::other();
     };
     let mut raw_segments = rest.split('/');
-    let Some(version) = raw_segments
-        .next()
-        .and_then(|s| decode(s).ok())
-        .and_then(|s| api_version(&s))
-    else {
+    let Some(version) = raw_segments.next().and_then(|s| decode(s).ok()).and_then(|s| api_version(&s)) else {
         return Route::other();
     };
     let mut tokens = Vec::with_capacity(8);
@@ -170,12 +154,7 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
             if raw_segments.peek().is_none() && !tokens.is_empty() {
                 break; // one trailing slash
             }
-            return Route::rejected(
-                RouteClass::Other,
-                RouteError::Ambiguous {
-                    reason: "empty path segment",
-                },
-            );
+            return Route::rejected(RouteClass::Other, RouteError::Ambiguous { reason: "empty path segment" });
         }
         let segment = match decode(raw) {
             Ok(segment) => segment,
@@ -184,12 +163,7 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
             }
         };
         if segment == "." || segment == ".." {
-            return Route::rejected(
-                RouteClass::Other,
-                RouteError::Ambiguous {
-                    reason: "dot segment",
-                },
-            );
+            return Route::rejected(RouteClass::Other, RouteError::Ambiguous { reason: "dot segment" });
         }
         if let Err(reason) = tokenize(&segment, &mut tokens) {
             return Route::rejected(RouteClass::Other, RouteError::Ambiguous { reason });
@@ -198,28 +172,13 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
     let Some((target, nested)) = match_connector(version, &tokens) else {
         return Route::other();
     };
-    if let Some(header) = METHOD_OVERRIDE_HEADERS
-        .into_iter()
-        .find(|h| headers.contains_key(*h))
-    {
-        return Route::rejected(
-            RouteClass::ConnectorWrite,
-            RouteError::MethodOverride { header },
-        );
+    if let Some(header) = METHOD_OVERRIDE_HEADERS.into_iter().find(|h| headers.contains_key(*h)) {
+        return Route::rejected(RouteClass::ConnectorWrite, RouteError::MethodOverride { header });
     }
     match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => Route::other(),
-        Method::PATCH if !nested => Route {
-            class: RouteClass::ConnectorWrite,
-            target: Some(target),
-            rejection: None,
-        },
-        _ => Route::rejected(
-            RouteClass::ConnectorWrite,
-            RouteError::MethodNotAllowed {
-                method: method.clone(),
-            },
-        ),
+        Method::PATCH if !nested => Route { class: RouteClass::ConnectorWrite, target: Some(target), rejection: None },
+        _ => Route::rejected(RouteClass::ConnectorWrite, RouteError::MethodNotAllowed { method: method.clone() }),
     }
 }
 
@@ -294,11 +253,7 @@ fn tokenize(segment: &str, tokens: &mut Vec<Token>) -> Result<(), &'static str> 
     if value.is_empty() {
         return Err("empty key");
     }
-    tokens.push(if app_id {
-        Token::AppIdKey(value)
-    } else {
-        Token::Key(value)
-    });
+    tokens.push(if app_id { Token::AppIdKey(value) } else { Token::Key(value) });
     Ok(())
 }
 
@@ -330,11 +285,7 @@ fn key(token: Option<&Token>) -> Option<&str> {
 
 fn connector_id(id: &str) -> String {
     let guid_like = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if guid_like {
-        id.to_ascii_lowercase()
-    } else {
-        id.to_owned()
-    }
+    if guid_like { id.to_ascii_lowercase() } else { id.to_owned() }
 }
 
 /// Matches the navigations that end at a connector; `nested` is true when the path goes on below it.
@@ -342,32 +293,16 @@ fn match_connector(api_version: ApiVersion, tokens: &[Token]) -> Option<(Connect
     let at = |i: usize| tokens.get(i);
     let (parent, connector_at) = if is(at(0), "applications") {
         let parent = match at(1)? {
-            Token::AppIdKey(app_id) => ConnectorParent::ApplicationByAppId {
-                app_id: app_id.clone(),
-            },
-            other => ConnectorParent::Application {
-                id: key(Some(other))?.to_owned(),
-            },
+            Token::AppIdKey(app_id) => ConnectorParent::ApplicationByAppId { app_id: app_id.clone() },
+            other => ConnectorParent::Application { id: key(Some(other))?.to_owned() },
         };
         (is(at(2), "connectorGroup") && is(at(3), "members")).then_some((parent, 4))?
     } else if is(at(0), "onPremisesPublishingProfiles") {
         let profile_id = key(at(1))?.to_owned();
         if is(at(2), "connectors") {
-            (
-                ConnectorParent::Profile {
-                    profile_id,
-                    group_id: None,
-                },
-                3,
-            )
+            (ConnectorParent::Profile { profile_id, group_id: None }, 3)
         } else if is(at(2), "connectorGroups") && is(at(4), "members") {
-            (
-                ConnectorParent::Profile {
-                    profile_id,
-                    group_id: Some(key(at(3))?.to_owned()),
-                },
-                5,
-            )
+            (ConnectorParent::Profile { profile_id, group_id: Some(key(at(3))?.to_owned()) }, 5)
         } else {
             return None;
         }
@@ -375,11 +310,7 @@ fn match_connector(api_version: ApiVersion, tokens: &[Token]) -> Option<(Connect
         return None;
     };
     let id = key(at(connector_at))?;
-    let target = ConnectorTarget {
-        api_version,
-        connector_id: connector_id(id),
-        parent,
-    };
+    let target = ConnectorTarget { api_version, connector_id: connector_id(id), parent };
     Some((target, tokens.len() > connector_at + 1))
 }
 
@@ -437,10 +368,7 @@ impl<S> Layer<S> for RouteGuardLayer {
     type Service = RouteGuard<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RouteGuard {
-            inner,
-            other_requests: self.other_requests,
-        }
+        RouteGuard { inner, other_requests: self.other_requests }
     }
 }
 
@@ -465,17 +393,8 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let refusal = match request.extensions().get::<Route>() {
-            Some(Route {
-                rejection: Some(error),
-                ..
-            }) => Some(error.clone()),
-            Some(Route {
-                class: RouteClass::Other,
-                ..
-            })
-            | None
-                if self.other_requests == OtherRequests::Deny =>
-            {
+            Some(Route { rejection: Some(error), .. }) => Some(error.clone()),
+            Some(Route { class: RouteClass::Other, .. }) | None if self.other_requests == OtherRequests::Deny => {
                 Some(RouteError::NotAConnectorWrite)
             }
             _ => None,

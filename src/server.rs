@@ -98,31 +98,22 @@ pub async fn serve<S, ResB>(
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            let service =
-                tower::util::MapRequest::new(service, move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(ClientAddr(peer));
-                    request
-                });
+            let service = tower::util::MapRequest::new(service, move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ClientAddr(peer));
+                request
+            });
             let hyper_service = TowerToHyperService::new(service);
             match tls {
                 None => {
-                    let _ = watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), hyper_service))
-                        .await;
+                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), hyper_service)).await;
                 }
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = watcher
-                                .watch(
-                                    builder.serve_connection(TokioIo::new(stream), hyper_service),
-                                )
-                                .await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), hyper_service)).await;
                     }
-                }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
         });
     }

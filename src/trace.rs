@@ -72,17 +72,8 @@ pub struct RequestSpan;
 
 impl<B> MakeSpan<B> for RequestSpan {
     fn make_span(&mut self, request: &Request<B>) -> Span {
-        let header = |name| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|v: &http::HeaderValue| v.to_str().ok())
-                .unwrap_or("")
-        };
-        let class = request
-            .extensions()
-            .get::<Route>()
-            .map_or(RouteClass::Other, |r| r.class);
+        let header = |name| request.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).unwrap_or("");
+        let class = request.extensions().get::<Route>().map_or(RouteClass::Other, |r| r.class);
         tracing::info_span!(
             "request",
             request_id = header(REQUEST_ID),
@@ -100,11 +91,7 @@ pub struct AccessLog;
 
 impl<B> OnResponse<B> for AccessLog {
     fn on_response(self, response: &Response<B>, latency: Duration, _span: &Span) {
-        let decision = response
-            .extensions()
-            .get::<Decision>()
-            .copied()
-            .unwrap_or(Decision::Forwarded);
+        let decision = response.extensions().get::<Decision>().copied().unwrap_or(Decision::Forwarded);
         tracing::info!(
             status = response.status().as_u16(),
             decision = decision.as_str(),

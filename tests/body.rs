@@ -13,10 +13,7 @@ async fn raw_exchange(h: &Harness, head_and_body: &[u8], wait: Duration) -> Stri
     let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
     stream.write_all(head_and_body).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(wait, stream.read(&mut buf))
-        .await
-        .expect("an answer")
-        .unwrap();
+    let n = tokio::time::timeout(wait, stream.read(&mut buf)).await.expect("an answer").unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
@@ -58,50 +55,29 @@ async fn a_body_at_the_limit_passes() {
     let h = Harness::start("max_body_bytes = 64").await;
     let body = format!("{{\"status\":\"active\"{}}}", " ".repeat(64 - 19));
     assert_eq!(body.len(), 64);
-    assert_eq!(
-        h.patch(&connector_path(), &body).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(h.patch(&connector_path(), &body).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn connector_writes_must_be_json() {
     let h = Harness::start("").await;
     let auth = format!("Bearer {}", h.app_token());
-    for content_type in [
-        None,
-        Some("text/plain"),
-        Some("application/x-www-form-urlencoded"),
-        Some("application/json-patch+json"),
-    ] {
+    for content_type in
+        [None, Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("application/json-patch+json")]
+    {
         let mut headers = vec![("authorization", auth.as_str())];
         if let Some(ct) = content_type {
             headers.push(("content-type", ct));
         }
-        let reply = h
-            .client
-            .send(
-                Method::PATCH,
-                &h.url(&connector_path()),
-                &headers,
-                r#"{"status":"active"}"#,
-            )
-            .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "{content_type:?}"
-        );
+        let reply = h.client.send(Method::PATCH, &h.url(&connector_path()), &headers, r#"{"status":"active"}"#).await;
+        assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type:?}");
     }
     let reply = h
         .client
         .send(
             Method::PATCH,
             &h.url(&connector_path()),
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json; charset=utf-8"),
-            ],
+            &[("authorization", &auth), ("content-type", "application/json; charset=utf-8")],
             r#"{"status":"active"}"#,
         )
         .await;
@@ -113,23 +89,11 @@ async fn connector_writes_must_be_json() {
 async fn an_illegal_change_is_a_400_naming_the_property() {
     let h = Harness::start("").await;
     for (body, message) in [
-        (
-            r#"{"status":"paused"}"#,
-            "status must be \"active\" or \"inactive\"",
-        ),
+        (r#"{"status":"paused"}"#, "status must be \"active\" or \"inactive\""),
         (r#"{"version":"9"}"#, "version is read-only"),
-        (
-            r#"{"status":"active","status":"inactive"}"#,
-            "property 'status' appears more than once",
-        ),
-        (
-            r#"{"externalIp":"not-an-ip"}"#,
-            "externalIp must be an IPv4 or IPv6 address",
-        ),
-        (
-            "{}",
-            "the request body changes nothing: send at least one of externalIp, machineName, status",
-        ),
+        (r#"{"status":"active","status":"inactive"}"#, "property 'status' appears more than once"),
+        (r#"{"externalIp":"not-an-ip"}"#, "externalIp must be an IPv4 or IPv6 address"),
+        ("{}", "the request body changes nothing: send at least one of externalIp, machineName, status"),
     ] {
         let reply = h.patch(&connector_path(), body).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
@@ -137,33 +101,18 @@ async fn an_illegal_change_is_a_400_naming_the_property() {
         assert_eq!(json["error"]["code"], "Request_BadRequest");
         assert_eq!(json["error"]["message"], message);
     }
-    assert!(
-        h.simulator.received().is_empty(),
-        "nothing illegal was forwarded"
-    );
+    assert!(h.simulator.received().is_empty(), "nothing illegal was forwarded");
 }
 
 #[tokio::test]
 async fn a_property_outside_writable_properties_is_403() {
     let h = Harness::start("\n#rest\n[policy]\nwritable_properties = [\"status\"]\n").await;
-    let reply = h
-        .patch(&connector_path(), r#"{"externalIp":"203.0.113.99"}"#)
-        .await;
+    let reply = h.patch(&connector_path(), r#"{"externalIp":"203.0.113.99"}"#).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(reply.json()["error"]["code"], "Authorization_RequestDenied");
-    assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("externalIp")
-    );
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("externalIp"));
     assert!(h.simulator.received().is_empty());
-    assert_eq!(
-        h.patch(&connector_path(), r#"{"status":"inactive"}"#)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(h.patch(&connector_path(), r#"{"status":"inactive"}"#).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -181,25 +130,12 @@ async fn a_body_slower_than_the_request_timeout_is_504_and_not_forwarded() {
 async fn reads_of_connectors_are_not_buffered_or_validated() {
     let h = Harness::start("max_body_bytes = 16").await;
     let auth = format!("Bearer {}", h.app_token());
-    let reply = h
-        .client
-        .send(
-            Method::GET,
-            &h.url(&connector_path()),
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
+    let reply = h.client.send(Method::GET, &h.url(&connector_path()), &[("authorization", &auth)], "").await;
     assert_eq!(reply.status, StatusCode::OK);
     // A large non-governed body streams through to the upstream whatever max_body_bytes says.
     let big = "x".repeat(10_000);
     h.client
-        .send(
-            Method::POST,
-            &h.url("/v1.0/users"),
-            &[("authorization", &auth), ("content-type", "text/plain")],
-            &big,
-        )
+        .send(Method::POST, &h.url("/v1.0/users"), &[("authorization", &auth), ("content-type", "text/plain")], &big)
         .await;
     assert_eq!(h.simulator.received().last().unwrap().body.len(), 10_000);
 }

@@ -27,15 +27,8 @@ audiences = ["api://connector-gateway"]
 #[test]
 fn check_config_accepts_the_shipped_configs() {
     for file in ["config/gateway.toml", "config/local.toml"] {
-        let out = Command::new(common::binary())
-            .args(["check-config", "--config", file])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(common::binary()).args(["check-config", "--config", file]).output().unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -44,47 +37,24 @@ fn a_bad_config_fails_with_the_keys_name() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
-            format!(
-                "{VALID}\n[rate_limit]\nper_principal = {{ rate = \"10/fortnight\", burst = 1 }}\n"
-            ),
+            format!("{VALID}\n[rate_limit]\nper_principal = {{ rate = \"10/fortnight\", burst = 1 }}\n"),
             "rate_limit.per_principal.rate",
         ),
+        (VALID.replace("[admin]", "[admin]\nlisten_on = \"x\""), "admin.listen_on"),
+        (VALID.replace("jwks_file = \"keys.json\"\n", ""), "auth: exactly one of"),
+        (VALID.replace("[server]", "[server]\ntls_cert = \"nope.pem\"\ntls_key = \"nope-key.pem\""), "server.tls_cert"),
         (
-            VALID.replace("[admin]", "[admin]\nlisten_on = \"x\""),
-            "admin.listen_on",
-        ),
-        (
-            VALID.replace("jwks_file = \"keys.json\"\n", ""),
-            "auth: exactly one of",
-        ),
-        (
-            VALID.replace(
-                "[server]",
-                "[server]\ntls_cert = \"nope.pem\"\ntls_key = \"nope-key.pem\"",
-            ),
-            "server.tls_cert",
-        ),
-        (
-            VALID
-                .replace("request_timeout", "x")
-                .replace("[server]", "[server]\nrequest_timeout = \"fast\""),
+            VALID.replace("request_timeout", "x").replace("[server]", "[server]\nrequest_timeout = \"fast\""),
             "server.request_timeout",
         ),
     ];
     for (text, key) in cases {
         let path = write_config(dir.path(), &text);
         for command in ["check-config", "serve"] {
-            let out = Command::new(common::binary())
-                .args([command, "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = Command::new(common::binary()).args([command, "--config"]).arg(&path).output().unwrap();
             assert_eq!(out.status.code(), Some(1), "{command} with {key}");
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                stderr.contains(key),
-                "{command}: expected {key} in {stderr}"
-            );
+            assert!(stderr.contains(key), "{command}: expected {key} in {stderr}");
         }
     }
 }
@@ -93,60 +63,54 @@ fn a_bad_config_fails_with_the_keys_name() {
 fn serve_logs_ready_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), VALID);
-    let mut child = Command::new(common::binary())
+    let child = Command::new(common::binary())
         .args(["serve", "--config"])
         .arg(&path)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
-    assert!(ready.contains("ready"), "{ready}");
-    let line: serde_json::Value =
-        serde_json::from_str(&ready).expect("JSON logs when stderr is not a TTY");
+    let mut child = KillOnDrop(child);
+    let lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    // Earlier lines may warn (here: the JWKS file does not exist); the ready line follows.
+    let ready = lines.map_while(Result::ok).take(20).find(|l| l.contains("\"ready: ")).expect("a ready line");
+    let line: serde_json::Value = serde_json::from_str(&ready).expect("JSON logs when stderr is not a TTY");
     assert_eq!(line["level"], "INFO");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not exit after SIGTERM"
-        );
+        assert!(std::time::Instant::now() < deadline, "did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills the child if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 #[test]
 fn demo_once_runs_the_tour_and_exits_zero() {
-    let out = Command::new(common::binary())
-        .args(["demo", "--once"])
-        .output()
-        .unwrap();
+    let out = Command::new(common::binary()).args(["demo", "--once"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("steps behaved as expected"), "{stdout}");
     assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
 }
 
 #[test]
 fn unknown_commands_print_usage_and_fail() {
-    let out = Command::new(common::binary())
-        .arg("frobnicate")
-        .output()
-        .unwrap();
+    let out = Command::new(common::binary()).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
 }

@@ -13,25 +13,12 @@ use hyper_util::rt::TokioExecutor;
 fn tls_client(
     cert_der: &[u8],
     http2: bool,
-) -> Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
-> {
+) -> Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from(cert_der.to_vec()))
-        .unwrap();
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only();
-    let connector = if http2 {
-        builder.enable_http2().build()
-    } else {
-        builder.enable_http1().build()
-    };
+    roots.add(rustls_pki_types::CertificateDer::from(cert_der.to_vec())).unwrap();
+    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
+    let connector = if http2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
     let mut client = Client::builder(TokioExecutor::new());
     if http2 {
         client.http2_only(true);
@@ -45,20 +32,10 @@ async fn the_listener_speaks_tls_with_h2_and_http1() {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("key.pem"),
-        certified.signing_key.serialize_pem(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
 
-    let simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), Faults::default())
-        .await
-        .unwrap();
-    let text = common::config_text(
-        &simulator,
-        simulator.base_url(),
-        "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"",
-    );
+    let simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), Faults::default()).await.unwrap();
+    let text = common::config_text(&simulator, simulator.base_url(), "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"");
     let config = connector_gateway::Config::from_toml(&text, dir.path()).unwrap();
     let gateway = launch::start(config).await.unwrap();
     let url = format!(
@@ -75,10 +52,7 @@ async fn the_listener_speaks_tls_with_h2_and_http1() {
 
     for (http2, version) in [(true, Version::HTTP_2), (false, Version::HTTP_11)] {
         let client = tls_client(certified.cert.der(), http2);
-        let request = Request::get(&url)
-            .header("authorization", &token)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let request = Request::get(&url).header("authorization", &token).body(Full::new(Bytes::new())).unwrap();
         let response = client.request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.version(), version);

@@ -55,12 +55,7 @@ pub struct ValidateBodyLayer {
 impl ValidateBodyLayer {
     /// Validation with a body limit and the properties a PATCH may change.
     pub fn new(max_body_bytes: usize, writable: Vec<WritableProperty>) -> Self {
-        Self {
-            limits: Arc::new(Limits {
-                max_body_bytes,
-                writable,
-            }),
-        }
+        Self { limits: Arc::new(Limits { max_body_bytes, writable }) }
     }
 }
 
@@ -68,10 +63,7 @@ impl<S> Layer<S> for ValidateBodyLayer {
     type Service = ValidateBody<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ValidateBody {
-            inner,
-            limits: self.limits.clone(),
-        }
+        ValidateBody { inner, limits: self.limits.clone() }
     }
 }
 
@@ -98,25 +90,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let connector_id = match request.extensions().get::<Route>() {
-            Some(Route {
-                class: RouteClass::ConnectorWrite,
-                target: Some(target),
-                ..
-            }) => target.connector_id.clone(),
+            Some(Route { class: RouteClass::ConnectorWrite, target: Some(target), .. }) => target.connector_id.clone(),
             _ => {
-                return ResponseFuture::Forwarding {
-                    inner: self.inner.call(request.map(Either::Right)),
-                };
+                return ResponseFuture::Forwarding { inner: self.inner.call(request.map(Either::Right)) };
             }
         };
         if !is_json(request.headers()) {
             return ResponseFuture::rejected(BodyError::UnsupportedMediaType);
         }
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let limit = self.limits.max_body_bytes;
         if declared.is_some_and(|length| length > limit as u64) {
             return ResponseFuture::rejected(BodyError::TooLarge { limit });
@@ -127,12 +110,7 @@ where
         let (parts, body) = request.into_parts();
         ResponseFuture::Collecting {
             collect: Limited::new(body, limit).collect(),
-            state: Some(Pending {
-                parts,
-                inner,
-                limits: self.limits.clone(),
-                connector_id,
-            }),
+            state: Some(Pending { parts, inner, limits: self.limits.clone(), connector_id }),
         }
     }
 }
@@ -194,22 +172,13 @@ where
                 }
                 Projection::Collecting { collect, state } => {
                     let collected = ready!(collect.poll(cx));
-                    let Some(Pending {
-                        parts,
-                        mut inner,
-                        limits,
-                        connector_id,
-                    }) = state.take()
-                    else {
+                    let Some(Pending { parts, mut inner, limits, connector_id }) = state.take() else {
                         return Poll::Ready(Err(BodyError::Unreadable.into()));
                     };
                     let bytes = match collected {
                         Ok(collected) => collected.to_bytes(),
                         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                            return Poll::Ready(Err(BodyError::TooLarge {
-                                limit: limits.max_body_bytes,
-                            }
-                            .into()));
+                            return Poll::Ready(Err(BodyError::TooLarge { limit: limits.max_body_bytes }.into()));
                         }
                         Err(_) => return Poll::Ready(Err(BodyError::Unreadable.into())),
                     };
@@ -219,9 +188,7 @@ where
                     };
                     let mut request = Request::from_parts(parts, Either::Left(Full::new(bytes)));
                     request.extensions_mut().insert(patch);
-                    ResponseFuture::Forwarding {
-                        inner: inner.call(request),
-                    }
+                    ResponseFuture::Forwarding { inner: inner.call(request) }
                 }
             };
             self.set(next);

@@ -63,9 +63,7 @@ impl ConnectorPatch {
     pub fn properties(&self) -> impl Iterator<Item = WritableProperty> + '_ {
         [
             self.external_ip.map(|_| WritableProperty::ExternalIp),
-            self.machine_name
-                .as_ref()
-                .map(|_| WritableProperty::MachineName),
+            self.machine_name.as_ref().map(|_| WritableProperty::MachineName),
             self.status.map(|_| WritableProperty::Status),
         ]
         .into_iter()
@@ -98,9 +96,7 @@ pub enum BodyError {
     #[error("the request body must be a JSON object")]
     NotAnObject,
     /// The object changes nothing.
-    #[error(
-        "the request body changes nothing: send at least one of externalIp, machineName, status"
-    )]
+    #[error("the request body changes nothing: send at least one of externalIp, machineName, status")]
     Empty,
     /// The same property appears twice.
     #[error("property '{0}' appears more than once")]
@@ -141,10 +137,7 @@ impl<'de> Visitor<'de> for Entries {
 }
 
 fn invalid(name: &str, reason: &'static str) -> BodyError {
-    BodyError::InvalidProperty {
-        name: name.to_owned(),
-        reason,
-    }
+    BodyError::InvalidProperty { name: name.to_owned(), reason }
 }
 
 fn text<'v>(name: &str, value: &'v Value) -> Result<&'v str, BodyError> {
@@ -162,10 +155,7 @@ fn machine_name(value: &str) -> Result<String, BodyError> {
         return Err(invalid("machineName", "must be 1 to 253 characters long"));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(
-            "machineName",
-            "must not contain whitespace or control characters",
-        ));
+        return Err(invalid("machineName", "must not contain whitespace or control characters"));
     }
     Ok(value.to_owned())
 }
@@ -184,9 +174,7 @@ pub fn parse_patch(
         Err(e) if e.is_data() => return Err(BodyError::NotAnObject),
         Err(e) => return Err(BodyError::Malformed(e.to_string())),
     };
-    deserializer
-        .end()
-        .map_err(|e| BodyError::Malformed(e.to_string()))?;
+    deserializer.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
     if entries.is_empty() {
         return Err(BodyError::Empty);
     }
@@ -197,9 +185,7 @@ pub fn parse_patch(
         }
         match name.as_str() {
             "externalIp" => {
-                let ip = text(name, value)?
-                    .parse()
-                    .map_err(|_| invalid(name, "must be an IPv4 or IPv6 address"))?;
+                let ip = text(name, value)?.parse().map_err(|_| invalid(name, "must be an IPv4 or IPv6 address"))?;
                 patch.external_ip = Some(ip);
             }
             "machineName" => patch.machine_name = Some(machine_name(text(name, value)?)?),
@@ -217,10 +203,7 @@ pub fn parse_patch(
             }
             "id" => {
                 if !text(name, value)?.eq_ignore_ascii_case(connector_id) {
-                    return Err(invalid(
-                        name,
-                        "is read-only and must equal the connector id in the path",
-                    ));
+                    return Err(invalid(name, "is read-only and must equal the connector id in the path"));
                 }
             }
             "version" => return Err(invalid(name, "is read-only")),

@@ -12,10 +12,7 @@ enum Expect {
 use Expect::*;
 
 fn invalid(name: &str, reason: &'static str) -> Expect {
-    Error(BodyError::InvalidProperty {
-        name: name.into(),
-        reason,
-    })
+    Error(BodyError::InvalidProperty { name: name.into(), reason })
 }
 
 const STATUS: &str = "must be \"active\" or \"inactive\"";
@@ -28,34 +25,13 @@ fn corpus() -> Vec<(String, Expect)> {
     let max_name = format!("{{\"machineName\":\"{}\"}}", "a".repeat(253));
     vec![
         // Accepted shapes.
-        (
-            r#"{"status":"active"}"#.into(),
-            Changes(r#"{"status":"active"}"#),
-        ),
-        (
-            r#"{"status":"inactive"}"#.into(),
-            Changes(r#"{"status":"inactive"}"#),
-        ),
-        (
-            r#"{"externalIp":"203.0.113.7"}"#.into(),
-            Changes(r#"{"externalIp":"203.0.113.7"}"#),
-        ),
-        (
-            r#"{"externalIp":"2001:db8::1"}"#.into(),
-            Changes(r#"{"externalIp":"2001:db8::1"}"#),
-        ),
-        (
-            r#"{"externalIp":"::ffff:192.0.2.1"}"#.into(),
-            Changes(r#"{"externalIp":"::ffff:192.0.2.1"}"#),
-        ),
-        (
-            r#"{"machineName":"edge-1.contoso.local"}"#.into(),
-            Changes(r#"{"machineName":"edge-1.contoso.local"}"#),
-        ),
-        (
-            r#"{"machineName":"EDGE_01"}"#.into(),
-            Changes(r#"{"machineName":"EDGE_01"}"#),
-        ),
+        (r#"{"status":"active"}"#.into(), Changes(r#"{"status":"active"}"#)),
+        (r#"{"status":"inactive"}"#.into(), Changes(r#"{"status":"inactive"}"#)),
+        (r#"{"externalIp":"203.0.113.7"}"#.into(), Changes(r#"{"externalIp":"203.0.113.7"}"#)),
+        (r#"{"externalIp":"2001:db8::1"}"#.into(), Changes(r#"{"externalIp":"2001:db8::1"}"#)),
+        (r#"{"externalIp":"::ffff:192.0.2.1"}"#.into(), Changes(r#"{"externalIp":"::ffff:192.0.2.1"}"#)),
+        (r#"{"machineName":"edge-1.contoso.local"}"#.into(), Changes(r#"{"machineName":"edge-1.contoso.local"}"#)),
+        (r#"{"machineName":"EDGE_01"}"#.into(), Changes(r#"{"machineName":"EDGE_01"}"#)),
         (max_name, Changes("")),
         (
             r#"{"status":"active","externalIp":"10.0.0.1","machineName":"m"}"#.into(),
@@ -65,142 +41,67 @@ fn corpus() -> Vec<(String, Expect)> {
             r##"{"@odata.type":"#microsoft.graph.connector","status":"active"}"##.into(),
             Changes(r#"{"status":"active"}"#),
         ),
-        (
-            format!(r#"{{"id":"{ID}","status":"inactive"}}"#),
-            Changes(r#"{"status":"inactive"}"#),
-        ),
-        (
-            format!(r#"{{"id":"{}","status":"inactive"}}"#, ID.to_uppercase()),
-            Changes(r#"{"status":"inactive"}"#),
-        ),
-        (
-            " \n\t{ \"status\" : \"active\" } \r\n".into(),
-            Changes(r#"{"status":"active"}"#),
-        ),
-        (
-            r#"{"st\u0061tus":"active"}"#.into(),
-            Changes(r#"{"status":"active"}"#),
-        ),
+        (format!(r#"{{"id":"{ID}","status":"inactive"}}"#), Changes(r#"{"status":"inactive"}"#)),
+        (format!(r#"{{"id":"{}","status":"inactive"}}"#, ID.to_uppercase()), Changes(r#"{"status":"inactive"}"#)),
+        (" \n\t{ \"status\" : \"active\" } \r\n".into(), Changes(r#"{"status":"active"}"#)),
+        (r#"{"st\u0061tus":"active"}"#.into(), Changes(r#"{"status":"active"}"#)),
         // status.
         (r#"{"status":"Active"}"#.into(), invalid("status", STATUS)),
         (r#"{"status":"paused"}"#.into(), invalid("status", STATUS)),
         (r#"{"status":""}"#.into(), invalid("status", STATUS)),
         (r#"{"status":true}"#.into(), invalid("status", STRING)),
         (r#"{"status":["active"]}"#.into(), invalid("status", STRING)),
-        (
-            r#"{"status":{"value":"active"}}"#.into(),
-            invalid("status", STRING),
-        ),
+        (r#"{"status":{"value":"active"}}"#.into(), invalid("status", STRING)),
         (r#"{"status":null}"#.into(), invalid("status", NULL)),
         // externalIp.
-        (
-            r#"{"externalIp":"203.0.113"}"#.into(),
-            invalid("externalIp", IP),
-        ),
-        (
-            r#"{"externalIp":"203.0.113.7/24"}"#.into(),
-            invalid("externalIp", IP),
-        ),
-        (
-            r#"{"externalIp":"example.com"}"#.into(),
-            invalid("externalIp", IP),
-        ),
-        (
-            r#"{"externalIp":" 203.0.113.7"}"#.into(),
-            invalid("externalIp", IP),
-        ),
-        (
-            r#"{"externalIp":"fe80::1%eth0"}"#.into(),
-            invalid("externalIp", IP),
-        ),
-        (
-            r#"{"externalIp":"256.1.1.1"}"#.into(),
-            invalid("externalIp", IP),
-        ),
-        (
-            r#"{"externalIp":3405803783}"#.into(),
-            invalid("externalIp", STRING),
-        ),
+        (r#"{"externalIp":"203.0.113"}"#.into(), invalid("externalIp", IP)),
+        (r#"{"externalIp":"203.0.113.7/24"}"#.into(), invalid("externalIp", IP)),
+        (r#"{"externalIp":"example.com"}"#.into(), invalid("externalIp", IP)),
+        (r#"{"externalIp":" 203.0.113.7"}"#.into(), invalid("externalIp", IP)),
+        (r#"{"externalIp":"fe80::1%eth0"}"#.into(), invalid("externalIp", IP)),
+        (r#"{"externalIp":"256.1.1.1"}"#.into(), invalid("externalIp", IP)),
+        (r#"{"externalIp":3405803783}"#.into(), invalid("externalIp", STRING)),
         (r#"{"externalIp":null}"#.into(), invalid("externalIp", NULL)),
         // machineName.
-        (
-            r#"{"machineName":""}"#.into(),
-            invalid("machineName", "must be 1 to 253 characters long"),
-        ),
-        (
-            format!(r#"{{"machineName":"{long_name}"}}"#),
-            invalid("machineName", "must be 1 to 253 characters long"),
-        ),
+        (r#"{"machineName":""}"#.into(), invalid("machineName", "must be 1 to 253 characters long")),
+        (format!(r#"{{"machineName":"{long_name}"}}"#), invalid("machineName", "must be 1 to 253 characters long")),
         (
             r#"{"machineName":"edge 1"}"#.into(),
-            invalid(
-                "machineName",
-                "must not contain whitespace or control characters",
-            ),
+            invalid("machineName", "must not contain whitespace or control characters"),
         ),
         (
             r#"{"machineName":"edge\u0000"}"#.into(),
-            invalid(
-                "machineName",
-                "must not contain whitespace or control characters",
-            ),
+            invalid("machineName", "must not contain whitespace or control characters"),
         ),
         (
             r#"{"machineName":"edge\n1"}"#.into(),
-            invalid(
-                "machineName",
-                "must not contain whitespace or control characters",
-            ),
+            invalid("machineName", "must not contain whitespace or control characters"),
         ),
-        (
-            r#"{"machineName":7}"#.into(),
-            invalid("machineName", STRING),
-        ),
+        (r#"{"machineName":7}"#.into(), invalid("machineName", STRING)),
         // Read-only and unknown properties.
-        (
-            r#"{"version":"1.5.3437.0"}"#.into(),
-            invalid("version", "is read-only"),
-        ),
+        (r#"{"version":"1.5.3437.0"}"#.into(), invalid("version", "is read-only")),
         (
             r#"{"id":"other","status":"active"}"#.into(),
-            invalid(
-                "id",
-                "is read-only and must equal the connector id in the path",
-            ),
+            invalid("id", "is read-only and must equal the connector id in the path"),
         ),
         (
             r##"{"@odata.type":"#microsoft.graph.user","status":"active"}"##.into(),
             invalid("@odata.type", "must be \"#microsoft.graph.connector\""),
         ),
-        (
-            r#"{"Status":"active"}"#.into(),
-            Error(BodyError::UnknownProperty("Status".into())),
-        ),
-        (
-            r#"{"connectorGroup":{"id":"g"}}"#.into(),
-            Error(BodyError::UnknownProperty("connectorGroup".into())),
-        ),
-        (
-            r#"{"memberOf@odata.bind":["x"]}"#.into(),
-            Error(BodyError::UnknownProperty("memberOf@odata.bind".into())),
-        ),
+        (r#"{"Status":"active"}"#.into(), Error(BodyError::UnknownProperty("Status".into()))),
+        (r#"{"connectorGroup":{"id":"g"}}"#.into(), Error(BodyError::UnknownProperty("connectorGroup".into()))),
+        (r#"{"memberOf@odata.bind":["x"]}"#.into(), Error(BodyError::UnknownProperty("memberOf@odata.bind".into()))),
         // Nothing to change.
         ("{}".into(), Error(BodyError::Empty)),
         (format!(r#"{{"id":"{ID}"}}"#), Error(BodyError::Empty)),
-        (
-            r##"{"@odata.type":"#microsoft.graph.connector"}"##.into(),
-            Error(BodyError::Empty),
-        ),
+        (r##"{"@odata.type":"#microsoft.graph.connector"}"##.into(), Error(BodyError::Empty)),
         // Not an object.
         ("[]".into(), Error(BodyError::NotAnObject)),
         (r#""status""#.into(), Error(BodyError::NotAnObject)),
         ("null".into(), Error(BodyError::NotAnObject)),
         ("42".into(), Error(BodyError::NotAnObject)),
         // Duplicates: Graph and the gateway could read different values.
-        (
-            r#"{"status":"active","status":"inactive"}"#.into(),
-            Error(BodyError::DuplicateProperty("status".into())),
-        ),
+        (r#"{"status":"active","status":"inactive"}"#.into(), Error(BodyError::DuplicateProperty("status".into()))),
         (
             r#"{"status":"active","st\u0061tus":"inactive"}"#.into(),
             Error(BodyError::DuplicateProperty("status".into())),
@@ -250,28 +151,17 @@ fn the_corpus_comes_out_as_expected() {
 fn malformed_documents_are_refused_as_malformed() {
     for body in malformed() {
         let result = parse_patch(body, ID, ALL);
-        assert!(
-            matches!(result, Err(BodyError::Malformed(_))),
-            "{:?} -> {result:?}",
-            String::from_utf8_lossy(body)
-        );
+        assert!(matches!(result, Err(BodyError::Malformed(_))), "{:?} -> {result:?}", String::from_utf8_lossy(body));
     }
 }
 
 #[test]
 fn deep_nesting_is_refused_without_exhausting_the_stack() {
     for depth in [3, 200, 100_000] {
-        let deep = format!(
-            "{{\"status\":{}\"x\"{}}}",
-            "[".repeat(depth),
-            "]".repeat(depth)
-        );
+        let deep = format!("{{\"status\":{}\"x\"{}}}", "[".repeat(depth), "]".repeat(depth));
         let result = parse_patch(deep.as_bytes(), ID, ALL);
         assert!(
-            matches!(
-                result,
-                Err(BodyError::Malformed(_) | BodyError::InvalidProperty { .. })
-            ),
+            matches!(result, Err(BodyError::Malformed(_) | BodyError::InvalidProperty { .. })),
             "depth {depth}: {result:?}"
         );
     }
@@ -279,14 +169,8 @@ fn deep_nesting_is_refused_without_exhausting_the_stack() {
 
 #[test]
 fn bytes_that_are_not_utf8_are_refused() {
-    assert_eq!(
-        parse_patch(b"{\"machineName\":\"\xff\"}", ID, ALL),
-        Err(BodyError::NotUtf8)
-    );
-    assert!(
-        parse_patch(b"\xef\xbb\xbf{\"status\":\"active\"}", ID, ALL).is_err(),
-        "a byte-order mark is not JSON"
-    );
+    assert_eq!(parse_patch(b"{\"machineName\":\"\xff\"}", ID, ALL), Err(BodyError::NotUtf8));
+    assert!(parse_patch(b"\xef\xbb\xbf{\"status\":\"active\"}", ID, ALL).is_err(), "a byte-order mark is not JSON");
 }
 
 #[test]
@@ -294,27 +178,17 @@ fn writable_properties_narrow_what_may_change() {
     let only_status = &[Status];
     assert!(parse_patch(br#"{"status":"active"}"#, ID, only_status).is_ok());
     assert_eq!(
-        parse_patch(
-            br#"{"status":"active","externalIp":"10.0.0.1"}"#,
-            ID,
-            only_status
-        ),
+        parse_patch(br#"{"status":"active","externalIp":"10.0.0.1"}"#, ID, only_status),
         Err(BodyError::NotWritable("externalIp"))
     );
     // A malformed value is still a 400, whatever the policy.
-    assert!(matches!(
-        parse_patch(br#"{"externalIp":"x"}"#, ID, only_status),
-        Err(BodyError::InvalidProperty { .. })
-    ));
+    assert!(matches!(parse_patch(br#"{"externalIp":"x"}"#, ID, only_status), Err(BodyError::InvalidProperty { .. })));
 }
 
 #[test]
 fn errors_name_the_property_and_reason() {
     let error = parse_patch(br#"{"status":"paused"}"#, ID, ALL).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "status must be \"active\" or \"inactive\""
-    );
+    assert_eq!(error.to_string(), "status must be \"active\" or \"inactive\"");
     let error = parse_patch(br#"{"version":"2"}"#, ID, ALL).unwrap_err();
     assert_eq!(error.to_string(), "version is read-only");
 }

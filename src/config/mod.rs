@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
-use raw::{
-    RawAudit, RawAuth, RawConfig, RawPolicy, RawQuota, RawRateLimit, RawServer, RawUpstream,
-};
+use raw::{RawAudit, RawAuth, RawConfig, RawPolicy, RawQuota, RawRateLimit, RawServer, RawUpstream};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -35,10 +33,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -167,9 +162,7 @@ impl WritableProperty {
     }
 
     fn parse(name: &str) -> Option<Self> {
-        [Self::ExternalIp, Self::MachineName, Self::Status]
-            .into_iter()
-            .find(|p| p.json_name() == name)
+        [Self::ExternalIp, Self::MachineName, Self::Status].into_iter().find(|p| p.json_name() == name)
     }
 }
 
@@ -265,9 +258,8 @@ pub struct AuditConfig {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("(file)", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("(file)", format!("cannot read {}: {e}", path.display())))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_toml(&text, &base)
     }
@@ -291,10 +283,7 @@ fn unknown_key_context(error: &toml::de::Error, text: &str) -> String {
     let spanned = text.get(span.clone()).unwrap_or_default().trim();
     let before = text.get(..span.start).unwrap_or_default();
     if spanned.starts_with('[') || before.trim_end().ends_with('[') {
-        return spanned
-            .trim_matches(|c| c == '[' || c == ']')
-            .trim()
-            .to_owned();
+        return spanned.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
     }
     let table = before
         .lines()
@@ -302,11 +291,7 @@ fn unknown_key_context(error: &toml::de::Error, text: &str) -> String {
         .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
         .unwrap_or("(top level)");
     let key = spanned.split('=').next().unwrap_or_default().trim();
-    if key.is_empty() || key.contains('\n') {
-        table.to_owned()
-    } else {
-        format!("{table}.{key}")
-    }
+    if key.is_empty() || key.contains('\n') { table.to_owned() } else { format!("{table}.{key}") }
 }
 
 impl TryFrom<(RawConfig, &Path)> for Config {
@@ -316,22 +301,13 @@ impl TryFrom<(RawConfig, &Path)> for Config {
         Ok(Self {
             server: server(raw.server, base)?,
             admin: AdminConfig {
-                listen: socket_addr(
-                    "admin.listen",
-                    raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9464"),
-                )?,
+                listen: socket_addr("admin.listen", raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9464"))?,
             },
             upstream: upstream(
-                raw.upstream.ok_or_else(|| {
-                    ConfigError::new("upstream", "the [upstream] table is required")
-                })?,
+                raw.upstream.ok_or_else(|| ConfigError::new("upstream", "the [upstream] table is required"))?,
                 base,
             )?,
-            auth: auth(
-                raw.auth
-                    .ok_or_else(|| ConfigError::new("auth", "the [auth] table is required"))?,
-                base,
-            )?,
+            auth: auth(raw.auth.ok_or_else(|| ConfigError::new("auth", "the [auth] table is required"))?, base)?,
             policy: policy(raw.policy)?,
             rate_limit: rate_limit(raw.rate_limit)?,
             audit: audit(raw.audit, base)?,
@@ -344,12 +320,7 @@ fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, C
 }
 
 fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        ConfigError::new(
-            key,
-            format!("`{value}` is not an address like 127.0.0.1:8443"),
-        )
-    })
+    value.parse().map_err(|_| ConfigError::new(key, format!("`{value}` is not an address like 127.0.0.1:8443")))
 }
 
 fn positive(key: &str, value: Option<u64>, default: u64) -> Result<usize, ConfigError> {
@@ -361,50 +332,26 @@ fn positive(key: &str, value: Option<u64>, default: u64) -> Result<usize, Config
 
 fn resolve(base: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
+    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
 }
 
 fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
     let tls = match (raw.tls_cert, raw.tls_key) {
         (None, None) => None,
-        (Some(cert), Some(key)) => Some(Arc::new(tls_server_config(
-            &resolve(base, &cert),
-            &resolve(base, &key),
-        )?)),
+        (Some(cert), Some(key)) => Some(Arc::new(tls_server_config(&resolve(base, &cert), &resolve(base, &key))?)),
         (Some(_), None) => {
-            return Err(ConfigError::new(
-                "server.tls_key",
-                "is required when server.tls_cert is set",
-            ));
+            return Err(ConfigError::new("server.tls_key", "is required when server.tls_cert is set"));
         }
         (None, Some(_)) => {
-            return Err(ConfigError::new(
-                "server.tls_cert",
-                "is required when server.tls_key is set",
-            ));
+            return Err(ConfigError::new("server.tls_cert", "is required when server.tls_key is set"));
         }
     };
     Ok(ServerConfig {
-        listen: socket_addr(
-            "server.listen",
-            raw.listen.as_deref().unwrap_or("127.0.0.1:8443"),
-        )?,
+        listen: socket_addr("server.listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8443"))?,
         tls,
-        request_timeout: duration(
-            "server.request_timeout",
-            raw.request_timeout.as_deref(),
-            "30s",
-        )?,
+        request_timeout: duration("server.request_timeout", raw.request_timeout.as_deref(), "30s")?,
         max_body_bytes: positive("server.max_body_bytes", raw.max_body_bytes, 65536)?,
-        header_read_timeout: duration(
-            "server.header_read_timeout",
-            raw.header_read_timeout.as_deref(),
-            "10s",
-        )?,
+        header_read_timeout: duration("server.header_read_timeout", raw.header_read_timeout.as_deref(), "10s")?,
         max_header_bytes: positive("server.max_header_bytes", raw.max_header_bytes, 32 * 1024)?,
         max_connections: positive("server.max_connections", raw.max_connections, 4096)?,
         drain_timeout: duration("server.drain_timeout", raw.drain_timeout.as_deref(), "30s")?,
@@ -415,52 +362,31 @@ fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
 fn tls_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ConfigError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            ConfigError::new(
-                "server.tls_cert",
-                format!("cannot read {}: {e}", cert.display()),
-            )
-        })?;
+        .map_err(|e| ConfigError::new("server.tls_cert", format!("cannot read {}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(ConfigError::new(
-            "server.tls_cert",
-            format!("{} holds no certificate", cert.display()),
-        ));
+        return Err(ConfigError::new("server.tls_cert", format!("{} holds no certificate", cert.display())));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        ConfigError::new(
-            "server.tls_key",
-            format!("cannot read a private key from {}: {e}", key.display()),
-        )
+        ConfigError::new("server.tls_key", format!("cannot read a private key from {}: {e}", key.display()))
     })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
-    .map_err(|e| {
-        ConfigError::new(
-            "server.tls_key",
-            format!("does not match server.tls_cert: {e}"),
-        )
-    })?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
+            .map_err(|e| ConfigError::new("server.tls_key", format!("does not match server.tls_cert: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
 fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
     let text = raw.url.as_deref().unwrap_or("https://graph.microsoft.com");
-    let url: Uri = text
-        .parse()
-        .map_err(|_| ConfigError::new("upstream.url", format!("`{text}` is not a URL")))?;
+    let url: Uri = text.parse().map_err(|_| ConfigError::new("upstream.url", format!("`{text}` is not a URL")))?;
     match (url.scheme_str(), url.authority()) {
         (Some("http" | "https"), Some(_)) if url.path() == "/" || url.path().is_empty() => {}
         _ => {
             return Err(ConfigError::new(
                 "upstream.url",
-                format!(
-                    "`{text}` must be scheme://host[:port] with scheme http or https and no path"
-                ),
+                format!("`{text}` must be scheme://host[:port] with scheme http or https and no path"),
             ));
         }
     }
@@ -470,17 +396,9 @@ fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError
             let path = resolve(base, &file);
             let roots = CertificateDer::pem_file_iter(&path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    ConfigError::new(
-                        "upstream.ca_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
+                .map_err(|e| ConfigError::new("upstream.ca_file", format!("cannot read {}: {e}", path.display())))?;
             if roots.is_empty() {
-                return Err(ConfigError::new(
-                    "upstream.ca_file",
-                    format!("{} holds no certificate", path.display()),
-                ));
+                return Err(ConfigError::new("upstream.ca_file", format!("{} holds no certificate", path.display())));
             }
             roots
         }
@@ -488,19 +406,12 @@ fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError
     let credential = match raw.credential.as_deref().unwrap_or("passthrough") {
         "passthrough" => UpstreamCredential::Passthrough,
         other => {
-            return Err(ConfigError::new(
-                "upstream.credential",
-                format!("`{other}` is not one of: passthrough"),
-            ));
+            return Err(ConfigError::new("upstream.credential", format!("`{other}` is not one of: passthrough")));
         }
     };
     Ok(UpstreamConfig {
         url,
-        connect_timeout: duration(
-            "upstream.connect_timeout",
-            raw.connect_timeout.as_deref(),
-            "3s",
-        )?,
+        connect_timeout: duration("upstream.connect_timeout", raw.connect_timeout.as_deref(), "3s")?,
         timeout: duration("upstream.timeout", raw.timeout.as_deref(), "30s")?,
         extra_roots,
         credential,
@@ -508,15 +419,10 @@ fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError
 }
 
 fn uri(key: &str, text: &str) -> Result<Uri, ConfigError> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|_| ConfigError::new(key, format!("`{text}` is not a URL")))?;
+    let uri: Uri = text.parse().map_err(|_| ConfigError::new(key, format!("`{text}` is not a URL")))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(uri),
-        _ => Err(ConfigError::new(
-            key,
-            format!("`{text}` must be an absolute http(s) URL"),
-        )),
+        _ => Err(ConfigError::new(key, format!("`{text}` must be an absolute http(s) URL"))),
     }
 }
 
@@ -524,9 +430,7 @@ fn auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
     let key_source = match (raw.jwks_file, raw.jwks_url, raw.openid_configuration_url) {
         (Some(file), None, None) => KeySource::JwksFile(resolve(base, &file)),
         (None, Some(url), None) => KeySource::JwksUrl(uri("auth.jwks_url", &url)?),
-        (None, None, Some(url)) => {
-            KeySource::OpenIdConfiguration(uri("auth.openid_configuration_url", &url)?)
-        }
+        (None, None, Some(url)) => KeySource::OpenIdConfiguration(uri("auth.openid_configuration_url", &url)?),
         (None, None, None) => {
             return Err(ConfigError::new(
                 "auth",
@@ -541,16 +445,10 @@ fn auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
         }
     };
     let issuers = raw.issuers.unwrap_or_else(|| {
-        vec![
-            "https://login.microsoftonline.com/{tenantid}/v2.0".into(),
-            "https://sts.windows.net/{tenantid}/".into(),
-        ]
+        vec!["https://login.microsoftonline.com/{tenantid}/v2.0".into(), "https://sts.windows.net/{tenantid}/".into()]
     });
     if issuers.is_empty() {
-        return Err(ConfigError::new(
-            "auth.issuers",
-            "must name at least one issuer",
-        ));
+        return Err(ConfigError::new("auth.issuers", "must name at least one issuer"));
     }
     let audiences = raw.audiences.unwrap_or_default();
     if audiences.is_empty() || audiences.iter().any(String::is_empty) {
@@ -566,10 +464,7 @@ fn auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
         .map(|name| algorithm(name))
         .collect::<Result<Vec<_>, _>>()?;
     if algorithms.is_empty() {
-        return Err(ConfigError::new(
-            "auth.algorithms",
-            "must name at least one algorithm",
-        ));
+        return Err(ConfigError::new("auth.algorithms", "must name at least one algorithm"));
     }
     Ok(AuthConfig {
         key_source,
@@ -577,24 +472,12 @@ fn auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
         audiences,
         allowed_tenants: raw.allowed_tenants.unwrap_or_default(),
         algorithms,
-        leeway: raw
-            .leeway
-            .as_deref()
-            .map_or(Ok(Duration::from_secs(60)), |v| {
-                humantime::parse_duration(v).map_err(|e| {
-                    ConfigError::new("auth.leeway", format!("`{v}` is not a duration ({e})"))
-                })
-            })?,
-        refresh_interval: duration(
-            "auth.refresh_interval",
-            raw.refresh_interval.as_deref(),
-            "1h",
-        )?,
-        unknown_kid_cooldown: duration(
-            "auth.unknown_kid_cooldown",
-            raw.unknown_kid_cooldown.as_deref(),
-            "5m",
-        )?,
+        leeway: raw.leeway.as_deref().map_or(Ok(Duration::from_secs(60)), |v| {
+            humantime::parse_duration(v)
+                .map_err(|e| ConfigError::new("auth.leeway", format!("`{v}` is not a duration ({e})")))
+        })?,
+        refresh_interval: duration("auth.refresh_interval", raw.refresh_interval.as_deref(), "1h")?,
+        unknown_kid_cooldown: duration("auth.unknown_kid_cooldown", raw.unknown_kid_cooldown.as_deref(), "5m")?,
         graph_token_nonce: raw.graph_token_nonce.unwrap_or(false),
     })
 }
@@ -615,35 +498,23 @@ fn algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, ConfigError> {
         _ => {
             return Err(ConfigError::new(
                 "auth.algorithms",
-                format!(
-                    "`{name}` is not allowed (use RS256, RS384, RS512, PS256, PS384, PS512, ES256 or ES384)"
-                ),
+                format!("`{name}` is not allowed (use RS256, RS384, RS512, PS256, PS384, PS512, ES256 or ES384)"),
             ));
         }
     };
     Ok(alg)
 }
 
-fn non_empty_list(
-    key: &str,
-    value: Option<Vec<String>>,
-    default: &[&str],
-) -> Result<Vec<String>, ConfigError> {
+fn non_empty_list(key: &str, value: Option<Vec<String>>, default: &[&str]) -> Result<Vec<String>, ConfigError> {
     let list = value.unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect());
     if list.iter().any(|s| s.trim().is_empty() || s.contains(' ')) {
-        return Err(ConfigError::new(
-            key,
-            "entries must be non-empty and contain no spaces",
-        ));
+        return Err(ConfigError::new(key, "entries must be non-empty and contain no spaces"));
     }
     Ok(list)
 }
 
 fn policy(raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
-    const PERMISSIONS: &[&str] = &[
-        "OnPremisesPublishingProfiles.ReadWrite.All",
-        "Directory.ReadWrite.All",
-    ];
+    const PERMISSIONS: &[&str] = &["OnPremisesPublishingProfiles.ReadWrite.All", "Directory.ReadWrite.All"];
     let writable_properties = raw
         .writable_properties
         .unwrap_or_else(|| vec!["externalIp".into(), "machineName".into(), "status".into()])
@@ -661,34 +532,18 @@ fn policy(raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
         "forward" => OtherRequests::Forward,
         "deny" => OtherRequests::Deny,
         other => {
-            return Err(ConfigError::new(
-                "policy.other_requests",
-                format!("`{other}` is not one of: forward, deny"),
-            ));
+            return Err(ConfigError::new("policy.other_requests", format!("`{other}` is not one of: forward, deny")));
         }
     };
     Ok(PolicyConfig {
-        delegated_scopes: non_empty_list(
-            "policy.delegated_scopes",
-            raw.delegated_scopes,
-            PERMISSIONS,
-        )?,
-        application_roles: non_empty_list(
-            "policy.application_roles",
-            raw.application_roles,
-            PERMISSIONS,
-        )?,
+        delegated_scopes: non_empty_list("policy.delegated_scopes", raw.delegated_scopes, PERMISSIONS)?,
+        application_roles: non_empty_list("policy.application_roles", raw.application_roles, PERMISSIONS)?,
         writable_properties,
         other_requests,
     })
 }
 
-fn quota(
-    key: &str,
-    raw: Option<RawQuota>,
-    default_rate: &str,
-    default_burst: u32,
-) -> Result<Quota, ConfigError> {
+fn quota(key: &str, raw: Option<RawQuota>, default_rate: &str, default_burst: u32) -> Result<Quota, ConfigError> {
     let (rate, burst) = match raw {
         Some(q) => (q.rate, q.burst),
         None => (default_rate.to_owned(), u64::from(default_burst)),
@@ -697,12 +552,7 @@ fn quota(
     let burst = u32::try_from(burst)
         .ok()
         .and_then(NonZeroU32::new)
-        .ok_or_else(|| {
-            ConfigError::new(
-                format!("{key}.burst"),
-                "must be a whole number from 1 to 4294967295",
-            )
-        })?;
+        .ok_or_else(|| ConfigError::new(format!("{key}.burst"), "must be a whole number from 1 to 4294967295"))?;
     Ok(Quota { rate, burst })
 }
 
@@ -710,9 +560,7 @@ fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
     let backend = match raw.backend.as_deref().unwrap_or("memory") {
         "memory" => RateLimitBackend::Memory,
         "redis" => {
-            let url = raw
-                .redis_url
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            let url = raw.redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::new(
                     "rate_limit.redis_url",
@@ -722,31 +570,21 @@ fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
             RateLimitBackend::Redis { url }
         }
         other => {
-            return Err(ConfigError::new(
-                "rate_limit.backend",
-                format!("`{other}` is not one of: memory, redis"),
-            ));
+            return Err(ConfigError::new("rate_limit.backend", format!("`{other}` is not one of: memory, redis")));
         }
     };
     let on_redis_error = match raw.on_redis_error.as_deref().unwrap_or("local") {
         "local" => OnRedisError::Local,
         "deny" => OnRedisError::Deny,
         other => {
-            return Err(ConfigError::new(
-                "rate_limit.on_redis_error",
-                format!("`{other}` is not one of: local, deny"),
-            ));
+            return Err(ConfigError::new("rate_limit.on_redis_error", format!("`{other}` is not one of: local, deny")));
         }
     };
     Ok(RateLimitConfig {
         backend,
         per_principal: quota("rate_limit.per_principal", raw.per_principal, "60/min", 10)?,
         per_connector: quota("rate_limit.per_connector", raw.per_connector, "30/min", 5)?,
-        redis_timeout: duration(
-            "rate_limit.redis_timeout",
-            raw.redis_timeout.as_deref(),
-            "50ms",
-        )?,
+        redis_timeout: duration("rate_limit.redis_timeout", raw.redis_timeout.as_deref(), "50ms")?,
         on_redis_error,
     })
 }
@@ -757,23 +595,14 @@ fn audit(raw: RawAudit, base: &Path) -> Result<AuditConfig, ConfigError> {
         "batch" => FsyncMode::Batch,
         "off" => FsyncMode::Off,
         other => {
-            return Err(ConfigError::new(
-                "audit.fsync",
-                format!("`{other}` is not one of: always, batch, off"),
-            ));
+            return Err(ConfigError::new("audit.fsync", format!("`{other}` is not one of: always, batch, off")));
         }
     };
-    let path = raw
-        .path
-        .unwrap_or_else(|| "audit/connector-changes.jsonl".into());
+    let path = raw.path.unwrap_or_else(|| "audit/connector-changes.jsonl".into());
     if path.trim().is_empty() {
         return Err(ConfigError::new("audit.path", "must not be empty"));
     }
-    Ok(AuditConfig {
-        path: resolve(base, &path),
-        fsync,
-        rotate_bytes: raw.rotate_bytes.filter(|&b| b > 0),
-    })
+    Ok(AuditConfig { path: resolve(base, &path), fsync, rotate_bytes: raw.rotate_bytes.filter(|&b| b > 0) })
 }
 
 #[cfg(test)]

@@ -22,49 +22,29 @@ fn a_minimal_file_gets_the_documented_defaults() {
     assert_eq!(config.server.listen, "127.0.0.1:8443".parse().unwrap());
     assert_eq!(config.server.max_body_bytes, 65536);
     assert_eq!(config.server.request_timeout, Duration::from_secs(30));
-    assert_eq!(
-        config.auth.key_source,
-        KeySource::JwksFile("/etc/gateway/keys.json".into())
-    );
+    assert_eq!(config.auth.key_source, KeySource::JwksFile("/etc/gateway/keys.json".into()));
     assert_eq!(config.auth.algorithms, vec![jsonwebtoken::Algorithm::RS256]);
     assert_eq!(config.auth.unknown_kid_cooldown, Duration::from_secs(300));
     assert_eq!(config.policy.other_requests, OtherRequests::Forward);
     assert_eq!(config.rate_limit.per_principal.burst.get(), 10);
     assert_eq!(config.rate_limit.redis_timeout, Duration::from_millis(50));
     assert_eq!(config.audit.fsync, FsyncMode::Batch);
-    assert_eq!(
-        config.audit.path,
-        PathBuf::from("/etc/gateway/audit/connector-changes.jsonl")
-    );
+    assert_eq!(config.audit.path, PathBuf::from("/etc/gateway/audit/connector-changes.jsonl"));
 }
 
 #[test]
 fn the_shipped_configs_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let production = Config::from_toml(
-        &std::fs::read_to_string(dir.join("gateway.toml")).unwrap(),
-        &dir,
-    )
-    .unwrap();
+    let production = Config::from_toml(&std::fs::read_to_string(dir.join("gateway.toml")).unwrap(), &dir).unwrap();
     assert_eq!(production.upstream.url, "https://graph.microsoft.com");
-    assert!(matches!(
-        production.auth.key_source,
-        KeySource::OpenIdConfiguration(_)
-    ));
-    let local = Config::from_toml(
-        &std::fs::read_to_string(dir.join("local.toml")).unwrap(),
-        &dir,
-    )
-    .unwrap();
+    assert!(matches!(production.auth.key_source, KeySource::OpenIdConfiguration(_)));
+    let local = Config::from_toml(&std::fs::read_to_string(dir.join("local.toml")).unwrap(), &dir).unwrap();
     assert_eq!(local.upstream.url.scheme_str(), Some("http"));
 }
 
 #[test]
 fn an_unknown_key_names_its_table_and_key() {
-    let err = load(&format!(
-        "{MINIMAL}\n[server]\nlisten_addr = \"127.0.0.1:1\"\n"
-    ))
-    .unwrap_err();
+    let err = load(&format!("{MINIMAL}\n[server]\nlisten_addr = \"127.0.0.1:1\"\n")).unwrap_err();
     assert_eq!(err.key, "server.listen_addr");
     assert!(err.message.contains("unknown field"), "{err}");
 }
@@ -73,41 +53,17 @@ fn an_unknown_key_names_its_table_and_key() {
 fn bad_values_name_their_key() {
     let cases = [
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
-        (
-            "[server]\nrequest_timeout = \"soon\"\n",
-            "server.request_timeout",
-        ),
+        ("[server]\nrequest_timeout = \"soon\"\n", "server.request_timeout"),
         ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes"),
         ("[server]\ntls_cert = \"c.pem\"\n", "server.tls_key"),
-        (
-            "[server]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
-            "server.tls_cert",
-        ),
-        (
-            "[rate_limit]\nper_principal = { rate = \"5/day\", burst = 1 }\n",
-            "rate_limit.per_principal.rate",
-        ),
-        (
-            "[rate_limit]\nper_connector = { rate = \"5/s\", burst = 0 }\n",
-            "rate_limit.per_connector.burst",
-        ),
-        (
-            "[rate_limit]\nbackend = \"memcached\"\n",
-            "rate_limit.backend",
-        ),
-        (
-            "[rate_limit]\nredis_timeout = \"0ms\"\n",
-            "rate_limit.redis_timeout",
-        ),
+        ("[server]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n", "server.tls_cert"),
+        ("[rate_limit]\nper_principal = { rate = \"5/day\", burst = 1 }\n", "rate_limit.per_principal.rate"),
+        ("[rate_limit]\nper_connector = { rate = \"5/s\", burst = 0 }\n", "rate_limit.per_connector.burst"),
+        ("[rate_limit]\nbackend = \"memcached\"\n", "rate_limit.backend"),
+        ("[rate_limit]\nredis_timeout = \"0ms\"\n", "rate_limit.redis_timeout"),
         ("[audit]\nfsync = \"sometimes\"\n", "audit.fsync"),
-        (
-            "[policy]\nwritable_properties = [\"version\"]\n",
-            "policy.writable_properties",
-        ),
-        (
-            "[policy]\nother_requests = \"maybe\"\n",
-            "policy.other_requests",
-        ),
+        ("[policy]\nwritable_properties = [\"version\"]\n", "policy.writable_properties"),
+        ("[policy]\nother_requests = \"maybe\"\n", "policy.other_requests"),
     ];
     for (extra, key) in cases {
         assert_eq!(key_of(&format!("{MINIMAL}\n{extra}")), key, "for {extra}");
@@ -120,37 +76,16 @@ fn auth_needs_exactly_one_key_source_and_no_symmetric_algorithms() {
     assert!(load(base).unwrap_err().message.contains("none is set"));
     let two = format!("{base}jwks_file = \"k.json\"\njwks_url = \"https://example.test/keys\"\n");
     assert!(load(&two).unwrap_err().message.contains("several are set"));
-    assert_eq!(
-        key_of(&format!(
-            "{base}jwks_file = \"k\"\nalgorithms = [\"HS256\"]\n"
-        )),
-        "auth.algorithms"
-    );
-    assert_eq!(
-        key_of(&format!(
-            "{base}jwks_file = \"k\"\nalgorithms = [\"none\"]\n"
-        )),
-        "auth.algorithms"
-    );
-    assert_eq!(
-        key_of(&format!("{base}jwks_url = \"keys.json\"\n")),
-        "auth.jwks_url"
-    );
+    assert_eq!(key_of(&format!("{base}jwks_file = \"k\"\nalgorithms = [\"HS256\"]\n")), "auth.algorithms");
+    assert_eq!(key_of(&format!("{base}jwks_file = \"k\"\nalgorithms = [\"none\"]\n")), "auth.algorithms");
+    assert_eq!(key_of(&format!("{base}jwks_url = \"keys.json\"\n")), "auth.jwks_url");
 }
 
 #[test]
 fn the_upstream_must_be_an_origin() {
-    let with_url = |url: &str| {
-        format!("[upstream]\nurl = \"{url}\"\n[auth]\njwks_file = \"k\"\naudiences = [\"a\"]\n")
-    };
+    let with_url = |url: &str| format!("[upstream]\nurl = \"{url}\"\n[auth]\njwks_file = \"k\"\naudiences = [\"a\"]\n");
     assert_eq!(key_of(&with_url("ftp://graph")), "upstream.url");
-    assert_eq!(
-        key_of(&with_url("https://graph.microsoft.com/v1.0")),
-        "upstream.url"
-    );
+    assert_eq!(key_of(&with_url("https://graph.microsoft.com/v1.0")), "upstream.url");
     assert!(load(&with_url("https://graph.microsoft.com")).is_ok());
-    assert_eq!(
-        key_of(&format!("{}\n[upstream]\n", with_url("http://x"))),
-        "upstream"
-    );
+    assert_eq!(key_of(&format!("{}\n[upstream]\n", with_url("http://x"))), "upstream");
 }

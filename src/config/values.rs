@@ -47,8 +47,7 @@ pub fn parse_rate(text: &str) -> Result<Rate, String> {
     let invalid = || format!("`{text}` is not a rate like 10/s, 60/min or 1000/h");
     let (count, unit) = text.trim().split_once('/').ok_or_else(invalid)?;
     let count: u32 = count.trim().parse().map_err(|_| invalid())?;
-    let count =
-        NonZeroU32::new(count).ok_or_else(|| format!("`{text}`: the count must be at least 1"))?;
+    let count = NonZeroU32::new(count).ok_or_else(|| format!("`{text}`: the count must be at least 1"))?;
     let period = match unit.trim() {
         "s" | "sec" => Duration::from_secs(1),
         "min" | "m" => Duration::from_secs(60),
@@ -84,10 +83,7 @@ mod tests {
         assert_eq!(rate.count.get(), 60);
         assert_eq!(rate.period, Duration::from_secs(60));
         assert_eq!(rate.emission_interval(), Duration::from_secs(1));
-        assert_eq!(
-            parse_rate("10/s").unwrap().emission_interval(),
-            Duration::from_millis(100)
-        );
+        assert_eq!(parse_rate("10/s").unwrap().emission_interval(), Duration::from_millis(100));
         assert_eq!(parse_rate("3600/h").unwrap().to_string(), "3600/h");
     }
 

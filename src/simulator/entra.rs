@@ -29,21 +29,16 @@ pub struct DevKey {
 
 impl std::fmt::Debug for DevKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("DevKey").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
 impl DevKey {
     /// Generates a 2048-bit RSA key.
     pub fn generate(kid: &str) -> std::io::Result<Self> {
-        let pair = KeyPair::generate(KeySize::Rsa2048)
-            .map_err(|_| std::io::Error::other("cannot generate an RSA key"))?;
-        Ok(Self {
-            pair,
-            kid: kid.to_owned(),
-        })
+        let pair =
+            KeyPair::generate(KeySize::Rsa2048).map_err(|_| std::io::Error::other("cannot generate an RSA key"))?;
+        Ok(Self { pair, kid: kid.to_owned() })
     }
 
     /// The key id published in the JWKS.
@@ -78,22 +73,9 @@ impl DevKey {
 
     /// Signs exactly the given header and payload bytes (for tests that need unusual headers).
     pub fn sign_raw(&self, header: &[u8], payload: &[u8]) -> String {
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header),
-            URL_SAFE_NO_PAD.encode(payload)
-        );
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
         let mut signature = vec![0; self.pair.public_modulus_len()];
-        if self
-            .pair
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input.as_bytes(),
-                &mut signature,
-            )
-            .is_err()
-        {
+        if self.pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut signature).is_err() {
             signature.clear();
         }
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
@@ -102,9 +84,7 @@ impl DevKey {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The issuer of v2.0 tokens for the dev tenant at `base` (`http://127.0.0.1:port`).
@@ -191,16 +171,8 @@ pub fn oauth_error(error: &str, aadsts: &str, description: &str) -> Value {
 ///
 /// Beyond Entra's own fields it accepts two dev-only fields, `roles` and `scp` (space-separated),
 /// to choose what the token grants, so clients can try both token shapes offline.
-pub fn token_response(
-    base: &str,
-    key: &DevKey,
-    form: &[(String, String)],
-) -> Result<Value, (u16, Value)> {
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+pub fn token_response(base: &str, key: &DevKey, form: &[(String, String)]) -> Result<Value, (u16, Value)> {
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     match field("grant_type") {
         Some("client_credentials") => {}
         Some(other) => {
@@ -235,14 +207,7 @@ pub fn token_response(
         ));
     }
     if field("client_secret") != Some(DEV_CLIENT_SECRET) {
-        return Err((
-            401,
-            oauth_error(
-                "invalid_client",
-                "AADSTS7000215",
-                "Invalid client secret provided.",
-            ),
-        ));
+        return Err((401, oauth_error("invalid_client", "AADSTS7000215", "Invalid client secret provided.")));
     }
     let scope = field("scope").unwrap_or_default();
     let Some(audience) = scope.strip_suffix("/.default") else {
@@ -255,23 +220,11 @@ pub fn token_response(
             ),
         ));
     };
-    let split = |v: &str| {
-        v.split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
+    let split = |v: &str| v.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>();
     let grant = match (field("scp"), field("roles")) {
-        (Some(scp), _) => Grant::Delegated {
-            scopes: split(scp),
-            user: "adele@contoso.example".into(),
-        },
-        (None, Some(roles)) => Grant::Application {
-            roles: split(roles),
-        },
-        (None, None) => Grant::Application {
-            roles: vec![DEV_ROLE.to_owned()],
-        },
+        (Some(scp), _) => Grant::Delegated { scopes: split(scp), user: "adele@contoso.example".into() },
+        (None, Some(roles)) => Grant::Application { roles: split(roles) },
+        (None, None) => Grant::Application { roles: vec![DEV_ROLE.to_owned()] },
     };
     let claims = access_token_claims(base, audience, DEV_CLIENT_ID, &grant);
     Ok(json!({

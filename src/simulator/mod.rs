@@ -69,9 +69,7 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -103,12 +101,7 @@ impl Simulator {
         let task = tokio::spawn(server::serve(listener, None, service, limits, async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
-        Ok(Self {
-            addr,
-            state,
-            stop,
-            task,
-        })
+        Ok(Self { addr, state, stop, task })
     }
 
     /// Where it listens.
@@ -128,10 +121,7 @@ impl Simulator {
 
     /// The OpenID configuration URL of the dev tenant.
     pub fn openid_configuration_url(&self) -> String {
-        format!(
-            "{}/{DEV_TENANT}/v2.0/.well-known/openid-configuration",
-            self.state.base
-        )
+        format!("{}/{DEV_TENANT}/v2.0/.well-known/openid-configuration", self.state.base)
     }
 
     /// The JWKS URL of the dev tenant.
@@ -151,18 +141,13 @@ impl Simulator {
 
     /// Mints an access token for `audience` with the given grant.
     pub fn mint(&self, audience: &str, grant: &entra::Grant) -> String {
-        let claims =
-            entra::access_token_claims(&self.state.base, audience, entra::DEV_CLIENT_ID, grant);
+        let claims = entra::access_token_claims(&self.state.base, audience, entra::DEV_CLIENT_ID, grant);
         self.state.key.sign(&json!({}), &claims)
     }
 
     /// Every request the Graph side received so far.
     pub fn received(&self) -> Vec<ReceivedRequest> {
-        self.state
-            .received
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default()
+        self.state.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// How many tokens the token endpoint issued.
@@ -172,11 +157,7 @@ impl Simulator {
 
     /// The current state of a connector.
     pub fn connector(&self, id: &str) -> Option<Connector> {
-        self.state
-            .connectors
-            .lock()
-            .ok()
-            .and_then(|c| c.get(id).cloned())
+        self.state.connectors.lock().ok().and_then(|c| c.get(id).cloned())
     }
 
     /// Stops serving.
@@ -188,11 +169,8 @@ impl Simulator {
 
 fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -234,9 +212,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         (Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
             json_response(200, &entra::openid_configuration(&state.base, tenant))
         }
-        (Method::GET, [_, "discovery", "v2.0", "keys"]) => {
-            json_response(200, &json!({ "keys": [state.key.jwk()] }))
-        }
+        (Method::GET, [_, "discovery", "v2.0", "keys"]) => json_response(200, &json!({ "keys": [state.key.jwk()] })),
         (Method::POST, [_, "oauth2", "v2.0", "token"]) => {
             let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
             match entra::token_response(&state.base, &state.key, &form) {
@@ -255,22 +231,14 @@ async fn graph(state: &State, parts: http::request::Parts, body: Bytes) -> Respo
     if let Ok(mut received) = state.received.lock() {
         received.push(ReceivedRequest {
             method: parts.method.clone(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default(),
+            path_and_query: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
             headers: parts.headers.clone(),
             body: body.clone(),
         });
     }
     let request_id = uuid::Uuid::new_v4().to_string();
-    let client_request_id = parts
-        .headers
-        .get("client-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let client_request_id =
+        parts.headers.get("client-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let mut response = graph_answer(state, &parts, &body, &request_id, &client_request_id).await;
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -289,26 +257,18 @@ async fn graph_answer(
     request_id: &str,
     client_request_id: &str,
 ) -> Response<Full<Bytes>> {
-    let error = |status, code, message: &str| {
-        graph_error(status, code, message, request_id, client_request_id)
-    };
+    let error = |status, code, message: &str| graph_error(status, code, message, request_id, client_request_id);
     if !state.faults.latency.is_zero() {
         tokio::time::sleep(state.faults.latency).await;
     }
     let roll = random_unit();
     if roll < state.faults.throttle {
         let mut response = error(429, "TooManyRequests", "Too many requests.");
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     }
     if roll < state.faults.throttle + state.faults.unavailable {
-        return error(
-            503,
-            "serviceNotAvailable",
-            "The service is temporarily unavailable.",
-        );
+        return error(503, "serviceNotAvailable", "The service is temporarily unavailable.");
     }
     let authorized = parts
         .headers
@@ -319,20 +279,15 @@ async fn graph_answer(
         return error(401, "InvalidAuthenticationToken", "Access token is empty.");
     }
     let Some(target) = graph::parse_path(parts.uri.path()) else {
-        return error(
-            400,
-            "BadRequest",
-            &format!("Resource not found for the segment '{}'.", parts.uri.path()),
-        );
+        return error(400, "BadRequest", &format!("Resource not found for the segment '{}'.", parts.uri.path()));
     };
     let Ok(mut connectors) = state.connectors.lock() else {
         return error(500, "InternalServerError", "state poisoned");
     };
     match (&parts.method, target) {
-        (&Method::GET, GraphPath::Connectors { version }) => json_response(
-            200,
-            &graph::collection(&version, connectors.values().map(|c| c.to_json(&version))),
-        ),
+        (&Method::GET, GraphPath::Connectors { version }) => {
+            json_response(200, &graph::collection(&version, connectors.values().map(|c| c.to_json(&version))))
+        }
         (&Method::GET, GraphPath::Connector { version, id }) => match connectors.get(&id) {
             Some(connector) => json_response(200, &connector.to_json(&version)),
             None => error(
@@ -356,10 +311,6 @@ async fn graph_answer(
                 ),
             ),
         },
-        _ => error(
-            405,
-            "Request_BadRequest",
-            "The specified HTTP method is not allowed for the request target.",
-        ),
+        _ => error(405, "Request_BadRequest", "The specified HTTP method is not allowed for the request target."),
     }
 }

@@ -67,16 +67,10 @@ impl Harness {
 
     pub async fn with_faults(extra: &str, faults: Faults) -> Self {
         connector_gateway::install_crypto_provider();
-        let simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), faults)
-            .await
-            .unwrap();
+        let simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), faults).await.unwrap();
         let config = config(&simulator, simulator.base_url(), extra);
         let gateway = launch::start(config).await.unwrap();
-        Self {
-            simulator,
-            gateway,
-            client: HttpClient::default(),
-        }
+        Self { simulator, gateway, client: HttpClient::default() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -89,12 +83,7 @@ impl Harness {
 
     /// An application token with the default write role.
     pub fn app_token(&self) -> String {
-        self.simulator.mint(
-            entra::DEV_AUDIENCE,
-            &entra::Grant::Application {
-                roles: vec![entra::DEV_ROLE.into()],
-            },
-        )
+        self.simulator.mint(entra::DEV_AUDIENCE, &entra::Grant::Application { roles: vec![entra::DEV_ROLE.into()] })
     }
 
     pub async fn patch(&self, path: &str, body: &str) -> Reply {
@@ -103,10 +92,7 @@ impl Harness {
             .send(
                 Method::PATCH,
                 &self.url(path),
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
+                &[("authorization", &auth), ("content-type", "application/json")],
                 body,
             )
             .await
@@ -126,10 +112,7 @@ impl Reply {
     }
 
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
     }
 }
 
@@ -139,46 +122,23 @@ pub struct HttpClient {
 
 impl Default for HttpClient {
     fn default() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Self { client: Client::builder(TokioExecutor::new()).build_http() }
     }
 }
 
 impl HttpClient {
-    pub async fn send(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
-        self.send_bytes(method, url, headers, Bytes::from(body.to_owned()))
-            .await
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        self.send_bytes(method, url, headers, Bytes::from(body.to_owned())).await
     }
 
-    pub async fn send_bytes(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Reply {
+    pub async fn send_bytes(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
         let mut request = Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = self
-            .client
-            .request(request.body(Full::new(body)).unwrap())
-            .await
-            .expect("gateway answers");
+        let response = self.client.request(request.body(Full::new(body)).unwrap()).await.expect("gateway answers");
         let (parts, body) = response.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+        Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
     }
 }
 

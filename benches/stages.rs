@@ -1,5 +1,5 @@
 //! Per-stage costs, so a regression can be located: route classification and body validation
-//! (more stages join as they land). Run: `cargo bench --bench stages`.
+//! and token verification (first sight and cached) (more stages join as they land). Run: `cargo bench --bench stages`.
 
 use std::hint::black_box;
 
@@ -38,5 +38,40 @@ fn body(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route, body);
+fn auth(c: &mut Criterion) {
+    use connector_gateway::auth::keys::parse_jwks;
+    use connector_gateway::auth::{KeyStore, Verdict, Verifier};
+    use connector_gateway::simulator::entra::DevKey;
+    use serde_json::json;
+
+    connector_gateway::install_crypto_provider();
+    let key = DevKey::generate("bench").unwrap();
+    let jwks = json!({"keys": [key.jwk()]}).to_string();
+    let config = connector_gateway::Config::from_toml(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[auth]\njwks_file = \"k\"\nissuers = [\"https://issuer.test/{tenantid}/v2.0\"]\naudiences = [\"api://gw\"]\n",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let tenant = "6b1d9e62-3c1a-4f7e-9a52-0c0ffee0c0de";
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = json!({"aud": "api://gw", "iss": format!("https://issuer.test/{tenant}/v2.0"), "tid": tenant, "exp": exp,
+        "roles": ["OnPremisesPublishingProfiles.ReadWrite.All"], "oid": "0a1b2c3d-0000-4000-8000-0000000000a1", "azp": "c0ffee00-0000-4000-8000-000000000001"});
+    let token = key.sign(&json!({}), &claims);
+    let store = KeyStore::fixed(parse_jwks(jwks.as_bytes(), 1).unwrap());
+    let mut group = c.benchmark_group("auth");
+    // First sight: a fresh verifier (empty cache) per iteration, built outside the timing.
+    group.bench_function("verify_first_sight_rs256", |b| {
+        b.iter_batched(
+            || Verifier::new(&config.auth, store.clone()),
+            |verifier| assert!(matches!(verifier.verify_now(black_box(&token)), Verdict::Done(Ok(_)))),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let cached = Verifier::new(&config.auth, store.clone());
+    let _ = cached.verify_now(&token);
+    group.bench_function("verify_cached", |b| b.iter(|| cached.verify_now(black_box(&token))));
+    group.finish();
+}
+
+criterion_group!(benches, route, body, auth);
 criterion_main!(benches);

@@ -192,6 +192,32 @@ pub async fn run(once: bool) -> Result<bool, String> {
     if !changed {
         tour.failures += 1;
     }
+    let json_only = [("content-type", "application/json")];
+    let active = r#"{"status":"active"}"#;
+    let denied_401 = "Denied: no token (401, never forwarded)";
+    tour.step(denied_401, Method::PATCH, &connector_url, &json_only, active, StatusCode::UNAUTHORIZED).await;
+    let weak_form = format!("{form}&roles=Application.Read.All");
+    let form_headers = [("content-type", "application/x-www-form-urlencoded")];
+    let weak = tour
+        .step("Get a token without the write role", Method::POST, &token_url, &form_headers, &weak_form, StatusCode::OK)
+        .await
+        .and_then(|answer| serde_json::from_str::<serde_json::Value>(&answer.body).ok())
+        .and_then(|json| json["access_token"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let weak_bearer = format!("Bearer {weak}");
+    let weak_headers = [("authorization", weak_bearer.as_str()), ("content-type", "application/json")];
+    let denied_403 = "Denied: a valid token without the permission (403 insufficient_scope)";
+    tour.step(denied_403, Method::PATCH, &connector_url, &weak_headers, active, StatusCode::FORBIDDEN).await;
+    let denied_400 = "Denied: an illegal change (400 naming the property)";
+    tour.step(
+        denied_400,
+        Method::PATCH,
+        &connector_url,
+        &json_headers,
+        r#"{"status":"paused"}"#,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     tour.step(
         "A denied change: PUT is not a connector update (405, never forwarded)",
         Method::PUT,

@@ -296,6 +296,92 @@ impl Verifier {
 mod tests {
     use super::*;
 
+    use crate::simulator::entra::DevKey;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const TENANT: &str = "6b1d9e62-3c1a-4f7e-9a52-0c0ffee0c0de";
+
+    fn config(leeway: u64, algorithms: Vec<Algorithm>) -> AuthConfig {
+        AuthConfig {
+            key_source: crate::config::KeySource::JwksFile("(fixed)".into()),
+            issuers: vec!["https://issuer.test/{tenantid}/v2.0".into()],
+            audiences: vec!["api://gw".into()],
+            allowed_tenants: vec![],
+            algorithms,
+            leeway: Duration::from_secs(leeway),
+            refresh_interval: Duration::from_secs(3600),
+            unknown_kid_cooldown: Duration::from_secs(300),
+            graph_token_nonce: false,
+        }
+    }
+
+    fn claims(exp: u64) -> Value {
+        json!({"aud": "api://gw", "iss": format!("https://issuer.test/{TENANT}/v2.0"), "tid": TENANT, "exp": exp, "roles": ["R"], "oid": "o", "azp": "a"})
+    }
+
+    fn verifier(jwk: Value, leeway: u64, now: Arc<AtomicU64>) -> Verifier {
+        crate::install_crypto_provider();
+        let set = super::super::keys::parse_jwks(json!({"keys": [jwk]}).to_string().as_bytes(), 1).unwrap();
+        let clock: Clock = Arc::new(move || now.load(Ordering::SeqCst));
+        Verifier::with_clock(&config(leeway, vec![Algorithm::RS256, Algorithm::PS256]), KeyStore::fixed(set), clock)
+    }
+
+    #[test]
+    fn a_cached_verification_never_outlives_the_token() {
+        let key = DevKey::generate("k").unwrap();
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let v = verifier(key.jwk(), 5, now.clone());
+        let token = key.sign(&json!({}), &claims(1_000_010));
+        assert!(matches!(v.verify_now(&token), Verdict::Done(Ok(_))));
+        now.store(1_000_015, Ordering::SeqCst); // exp + leeway: still valid, from the cache
+        assert!(matches!(v.verify_now(&token), Verdict::Done(Ok(_))));
+        now.store(1_000_016, Ordering::SeqCst);
+        assert!(matches!(v.verify_now(&token), Verdict::Done(Err(AuthError::Expired))));
+    }
+
+    #[test]
+    fn the_principal_carries_the_token_identity() {
+        let key = DevKey::generate("k").unwrap();
+        let v = verifier(key.jwk(), 0, Arc::new(AtomicU64::new(10)));
+        let mut c = claims(100);
+        c["scp"] = json!("A  B");
+        c["upn"] = json!("adele@contoso.example");
+        let Verdict::Done(Ok(p)) = v.verify_now(&key.sign(&json!({}), &c)) else { panic!("refused") };
+        assert_eq!(p.kind, PrincipalKind::Delegated);
+        assert_eq!(p.scopes, ["A", "B"]);
+        assert_eq!(p.roles, ["R"]);
+        assert_eq!((p.tenant_id.as_str(), p.object_id.as_deref(), p.app_id.as_deref()), (TENANT, Some("o"), Some("a")));
+        assert_eq!(p.name.as_deref(), Some("adele@contoso.example"));
+    }
+
+    #[test]
+    fn the_token_alg_must_match_the_jwk_alg() {
+        let key = DevKey::generate("k").unwrap();
+        let mut jwk = key.jwk();
+        jwk["alg"] = json!("PS256");
+        let v = verifier(jwk, 0, Arc::new(AtomicU64::new(10)));
+        // An RS256 signature, the JWK says PS256 only: refused before the signature is checked.
+        let token = key.sign(&json!({}), &claims(100));
+        assert!(matches!(v.verify_now(&token), Verdict::Done(Err(AuthError::KeyMismatch))));
+    }
+
+    #[test]
+    fn jwks_parsing_keeps_only_signature_keys_with_a_kid() {
+        let key = DevKey::generate("k").unwrap();
+        let mut enc = key.jwk();
+        enc["use"] = json!("enc");
+        enc["kid"] = json!("enc");
+        let mut no_kid = key.jwk();
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let oct = json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"});
+        let doc = json!({"keys": [key.jwk(), enc, no_kid, oct]}).to_string();
+        let set = super::super::keys::parse_jwks(doc.as_bytes(), 1).unwrap();
+        assert_eq!(set.keys.keys().collect::<Vec<_>>(), ["k"]);
+        assert!(super::super::keys::parse_jwks(br#"{"keys":[]}"#, 1).is_err());
+        assert!(super::super::keys::parse_jwks(b"[]", 1).is_err());
+    }
+
     #[test]
     fn guids() {
         assert!(is_guid("6b1d9e62-3c1a-4f7e-9a52-0c0ffee0c0de"));

@@ -274,7 +274,7 @@ async fn graph_answer(
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer "));
+        .is_some_and(|v| v.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")));
     if !authorized {
         return error(401, "InvalidAuthenticationToken", "Access token is empty.");
     }

@@ -23,6 +23,8 @@ url = "http://127.0.0.1:9"      # unused here: the upstream is the handler below
 [auth]
 jwks_file = "keys.json"
 audiences = ["api://connector-gateway"]
+[audit]
+path = "target/embedded-audit.jsonl"
 "#;
 
 /// Your own service: here it answers every request it is handed with what it received.
@@ -37,7 +39,9 @@ async fn handler(request: Request<ForwardBody<Incoming>>) -> Result<Response<Ful
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     connector_gateway::install_crypto_provider();
     let config = Config::from_toml(CONFIG, std::path::Path::new("."))?;
-    let service = GatewayLayer::new(&config).layer(tower::service_fn(handler));
+    let layer = GatewayLayer::new(&config)?;
+    let _background = layer.spawn_background();
+    let service = layer.layer(tower::service_fn(handler));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://127.0.0.1:3000");
     loop {

@@ -17,6 +17,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::body::BodyError;
 use crate::policy::PolicyError;
@@ -43,6 +44,9 @@ pub enum GatewayError {
     /// The body is not a legal connector change.
     #[error(transparent)]
     Body(#[from] BodyError),
+    /// The audit trail could not be written; nothing was forwarded.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The upstream failed to answer.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -150,6 +154,8 @@ impl GatewayError {
                 Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
             }
             Self::Body(_) => Answer::new(StatusCode::BAD_REQUEST, "Request_BadRequest", Denied),
+            Self::Audit(_) => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", Failed)
+                .header(RETRY_AFTER, HeaderValue::from_static("5")),
             Self::Upstream(UpstreamError::Timeout(_)) => {
                 Answer::new(StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", Failed)
             }
@@ -164,6 +170,11 @@ impl GatewayError {
             Ok(error) => *error,
             Err(other) => Self::Embedded(other),
         }
+    }
+
+    /// Whether this error is a policy refusal or a failure.
+    pub fn decision(&self) -> Decision {
+        self.answer().decision
     }
 
     /// The status this error is answered with.

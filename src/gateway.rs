@@ -2,8 +2,9 @@
 //! service that embeds it. Data flows one way through the stages of DESIGN.md:
 //!
 //! ```text
-//! request ids -> classify -> trace -> metrics -> rescue (errors, timeout) -> route guard
-//!   -> authenticate -> authorize -> validate body -> forward
+//! request ids -> classify -> trace -> metrics -> rescue (errors, timeout)
+//!   -> record denials -> route guard -> authenticate -> authorize -> validate body
+//!   -> write-ahead audit -> forward
 //! ```
 
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestId, SetRequestId};
 use tower_http::trace::{Trace, TraceLayer};
 
 use crate::admin::Readiness;
+use crate::audit::journal::OpenError;
+use crate::audit::{AuditJournal, RecordDenials, RecordDenialsLayer, WriteAhead, WriteAheadLayer};
 use crate::auth::{Authenticate, AuthenticateLayer, KeyStore, Verifier};
 use crate::body::{ValidateBody, ValidateBodyLayer};
 use crate::config::Config;
@@ -45,7 +48,7 @@ pub type GatewayBody<B> = tower_http::trace::ResponseBody<
 type Traced<S> = Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
 
 /// The policy stages inside the rescue edge, in the order of DESIGN.md.
-type Stages<S> = RouteGuard<Authenticate<Authorize<ValidateBody<Forward<S>>>>>;
+type Stages<S> = RecordDenials<RouteGuard<Authenticate<Authorize<ValidateBody<WriteAhead<Forward<S>>>>>>>;
 
 type Stack<S> = DropInboundRequestId<
     SetRequestId<
@@ -67,8 +70,10 @@ type Stack<S> = DropInboundRequestId<
 ///     [auth]
 ///     jwks_file = "keys.json"
 ///     audiences = ["api://connector-gateway"]
-/// "#, std::path::Path::new("."))?;
-/// let layer = GatewayLayer::new(&config);
+///     [audit]
+///     path = "audit.jsonl"
+/// "#, &std::env::temp_dir())?;
+/// let layer = GatewayLayer::new(&config)?;
 /// // Wrap any `Service<Request<ForwardBody<B>>>`, e.g. a hyper-util client or your own handler:
 /// let upstream = tower::service_fn(|_req: http::Request<connector_gateway::ForwardBody<String>>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("{}")))
@@ -81,23 +86,25 @@ pub struct GatewayLayer {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     verifier: Arc<Verifier>,
+    journal: AuditJournal,
 }
 
 impl GatewayLayer {
-    /// A gateway with the given configuration and fresh metrics. Keys come from the configured
-    /// source once [`GatewayLayer::spawn_background`] runs.
-    pub fn new(config: &Config) -> Self {
+    /// A gateway with the given configuration: opens the audit trail (continuing its chain) and
+    /// prepares the key store, which loads once [`GatewayLayer::spawn_background`] runs.
+    pub fn new(config: &Config) -> Result<Self, OpenError> {
         let connector = crate::proxy::https_connector(&config.upstream.extra_roots, config.upstream.connect_timeout);
         let keys = KeyStore::new(config.auth.key_source.clone(), connector, config.auth.unknown_kid_cooldown);
-        Self::with_keys(config, keys)
+        Ok(Self::with_parts(config, keys, AuditJournal::open(&config.audit)?))
     }
 
-    /// A gateway whose keys come from `keys` (e.g. [`KeyStore::fixed`]).
-    pub fn with_keys(config: &Config, keys: KeyStore) -> Self {
+    /// A gateway from parts made elsewhere: keys (e.g. [`KeyStore::fixed`]) and an open journal.
+    pub fn with_parts(config: &Config, keys: KeyStore, journal: AuditJournal) -> Self {
         Self {
             config: Arc::new(config.clone()),
             metrics: Arc::new(Metrics::default()),
             verifier: Arc::new(Verifier::new(&config.auth, keys)),
+            journal,
         }
     }
 
@@ -151,6 +158,7 @@ impl<S> Layer<S> for GatewayLayer {
             )
             .layer(MetricsLayer::new(self.metrics.clone()))
             .layer(RescueLayer::new(self.config.server.request_timeout))
+            .layer(RecordDenialsLayer::new(self.journal.clone()))
             .layer(RouteGuardLayer::new(self.config.policy.other_requests))
             .layer(AuthenticateLayer::new(self.verifier.clone()))
             .layer(AuthorizeLayer::new(Rules::new(&self.config.policy, &self.config.auth)))
@@ -158,6 +166,7 @@ impl<S> Layer<S> for GatewayLayer {
                 self.config.server.max_body_bytes,
                 self.config.policy.writable_properties.clone(),
             ))
+            .layer(WriteAheadLayer::new(self.journal.clone()))
             .service(Forward { inner: upstream });
         GatewayService { inner }
     }

@@ -19,6 +19,9 @@ use crate::server::{self, ListenerLimits};
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The audit trail could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::journal::OpenError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -77,7 +80,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         source,
     })?;
 
-    let layer = GatewayLayer::new(&config);
+    let layer = GatewayLayer::new(&config)?;
     let metrics = layer.metrics();
     let readiness = layer.readiness();
     // Serve with keys from the start when the source answers; otherwise /readyz says so and the

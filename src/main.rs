@@ -8,6 +8,7 @@ use connector_gateway::{Config, install_crypto_provider, launch};
 const USAGE: &str = "usage:
   connector-gateway serve --config FILE
   connector-gateway check-config --config FILE
+  connector-gateway audit verify FILE...
   connector-gateway simulate [--listen ADDR] [--throttle SHARE] [--unavailable SHARE] [--latency DURATION]
   connector-gateway demo [--once]";
 
@@ -81,6 +82,17 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         [command, rest @ ..] if command == "simulate" => simulate(rest),
+        [command, sub, files @ ..] if command == "audit" && sub == "verify" && !files.is_empty() => {
+            use connector_gateway::audit::verify;
+            let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+            match verify::verify_files(&files) {
+                Ok(summary) => {
+                    println!("{}", verify::describe(&summary, &files));
+                    Ok(())
+                }
+                Err(broken) => Err(format!("audit chain broken at {broken}")),
+            }
+        }
         [command, rest @ ..] if command == "demo" => {
             let once = match rest {
                 [] => false,

@@ -172,13 +172,14 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
     let Some((target, nested)) = match_connector(version, &tokens) else {
         return Route::other();
     };
+    let write = |rejection| Route { class: RouteClass::ConnectorWrite, target: Some(target.clone()), rejection };
     if let Some(header) = METHOD_OVERRIDE_HEADERS.into_iter().find(|h| headers.contains_key(*h)) {
-        return Route::rejected(RouteClass::ConnectorWrite, RouteError::MethodOverride { header });
+        return write(Some(RouteError::MethodOverride { header }));
     }
     match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => Route::other(),
-        Method::PATCH if !nested => Route { class: RouteClass::ConnectorWrite, target: Some(target), rejection: None },
-        _ => Route::rejected(RouteClass::ConnectorWrite, RouteError::MethodNotAllowed { method: method.clone() }),
+        Method::PATCH if !nested => write(None),
+        _ => write(Some(RouteError::MethodNotAllowed { method: method.clone() })),
     }
 }
 

@@ -53,7 +53,7 @@ leeway = "60s"
         } else {
             text.replace("leeway", &format!("issuers = [\"{}/{{tenantid}}/v2.0\"]\nleeway", simulator.base_url()))
         };
-        let config = connector_gateway::Config::from_toml(&text, std::path::Path::new("/tmp")).unwrap();
+        let config = connector_gateway::Config::from_toml(&text, &common::scratch_dir()).unwrap();
         let gateway = launch::start(config).await.unwrap();
         Self { simulator, gateway, client: HttpClient::default() }
     }
@@ -340,9 +340,8 @@ async fn rotated_keys_are_picked_up_and_random_kids_cause_no_fetch_storm() {
         simulator.base_url(),
         jwks.addr
     );
-    let gateway = launch::start(connector_gateway::Config::from_toml(&text, std::path::Path::new("/tmp")).unwrap())
-        .await
-        .unwrap();
+    let gateway =
+        launch::start(connector_gateway::Config::from_toml(&text, &common::scratch_dir()).unwrap()).await.unwrap();
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "loaded once at start");
     let claims = json!({"aud": DEV_AUDIENCE, "iss": format!("https://issuer.test/{DEV_TENANT}/v2.0"), "tid": DEV_TENANT, "exp": now() + 600, "roles": [DEV_ROLE]});
     let client = HttpClient::default();
@@ -405,9 +404,8 @@ async fn readyz_fails_until_keys_are_loaded_and_governed_writes_get_503() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[auth]\njwks_url = \"http://{closed}/keys\"\naudiences = [\"{DEV_AUDIENCE}\"]\n",
         simulator.base_url()
     );
-    let gateway = launch::start(connector_gateway::Config::from_toml(&text, std::path::Path::new("/tmp")).unwrap())
-        .await
-        .unwrap();
+    let gateway =
+        launch::start(connector_gateway::Config::from_toml(&text, &common::scratch_dir()).unwrap()).await.unwrap();
     let client = HttpClient::default();
     let ready = client.send(Method::GET, &format!("http://{}/readyz", gateway.admin_addr), &[], "").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -172,6 +172,7 @@ where
         };
         match verdict {
             Verdict::Done(Ok(principal)) => {
+                crate::audit::note_principal(&request, &principal);
                 request.extensions_mut().insert(principal);
                 ResponseFuture::Forwarding { inner: self.inner.call(request) }
             }
@@ -232,6 +233,7 @@ where
                     };
                     match verdict {
                         Verdict::Done(Ok(principal)) => {
+                            crate::audit::note_principal(&request, &principal);
                             request.extensions_mut().insert(principal);
                             ResponseFuture::Forwarding { inner: inner.call(request) }
                         }

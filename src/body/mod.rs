@@ -187,6 +187,7 @@ where
                         Err(error) => return Poll::Ready(Err(error.into())),
                     };
                     let mut request = Request::from_parts(parts, Either::Left(Full::new(bytes)));
+                    crate::audit::note_changes(&request, &patch);
                     request.extensions_mut().insert(patch);
                     ResponseFuture::Forwarding { inner: inner.call(request) }
                 }

@@ -47,15 +47,29 @@ audiences = ["{aud}"]
     )
 }
 
+/// A fresh directory for one test's relative paths (its audit trail above all).
+pub fn scratch_dir() -> std::path::PathBuf {
+    tempfile::Builder::new().prefix("connector-gateway-test-").tempdir().expect("a temp dir").keep()
+}
+
 pub fn config(simulator: &Simulator, upstream: &str, extra: &str) -> Config {
-    let dir = std::env::temp_dir();
-    Config::from_toml(&config_text(simulator, upstream, extra), &dir).expect("test config is valid")
+    Config::from_toml(&config_text(simulator, upstream, extra), &scratch_dir()).expect("test config is valid")
+}
+
+/// The audit trail of a config made by [`config`].
+pub fn audit_lines(config: &Config) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&config.audit.path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 pub struct Harness {
     pub simulator: Simulator,
     pub gateway: RunningGateway,
     pub client: HttpClient,
+    pub config: Config,
 }
 
 impl Harness {
@@ -69,8 +83,13 @@ impl Harness {
         connector_gateway::install_crypto_provider();
         let simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), faults).await.unwrap();
         let config = config(&simulator, simulator.base_url(), extra);
-        let gateway = launch::start(config).await.unwrap();
-        Self { simulator, gateway, client: HttpClient::default() }
+        let gateway = launch::start(config.clone()).await.unwrap();
+        Self { simulator, gateway, client: HttpClient::default(), config }
+    }
+
+    /// Every audit record written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        audit_lines(&self.config)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -120,7 +120,7 @@ fn recover_tail(file: &mut File, path: &Path) -> Result<Option<ChainHead>, OpenE
         file.sync_all().map_err(|e| fail(path, e))?;
     }
     let lines = tail.get(..complete).unwrap_or_default();
-    let Some(last) = lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).next_back() else { return Ok(None) };
+    let Some(last) = lines.split(|&b| b == b'\n').rfind(|l| !l.is_empty()) else { return Ok(None) };
     let record: AuditRecord =
         serde_json::from_slice(last).map_err(|e| fail(path, format!("the last record is unreadable: {e}")))?;
     Ok(Some(ChainHead { seq: record.seq, hash: record.hash }))

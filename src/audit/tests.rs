@@ -51,7 +51,7 @@ async fn a_restart_continues_the_chain_and_verify_accepts_it() {
     assert_eq!(journal.append(body(3)).await.unwrap(), 4);
     let first: AuditRecord = serde_json::from_str(&lines(&path)[0]).unwrap();
     assert_eq!((first.seq, first.prev_hash.as_str()), (1, GENESIS));
-    let summary = verify_files(&[path.clone()]).unwrap();
+    let summary = super::verify::verify_file(&path).unwrap();
     assert_eq!((summary.records, summary.seqs), (4, Some((1, 4))));
 }
 
@@ -65,12 +65,12 @@ async fn a_torn_last_line_is_a_warning_and_truncated_on_the_next_start() {
     let mut text = std::fs::read(&path).unwrap();
     text.extend_from_slice(b"{\"seq\":3,\"time\":\"2026-");
     std::fs::write(&path, &text).unwrap();
-    let summary = verify_files(&[path.clone()]).unwrap();
+    let summary = super::verify::verify_file(&path).unwrap();
     assert!(summary.torn_tail);
     assert_eq!(summary.records, 2);
     let journal = AuditJournal::open(&config(&path, FsyncMode::Batch, None)).unwrap();
     assert_eq!(journal.append(body(2)).await.unwrap(), 3);
-    let summary = verify_files(&[path.clone()]).unwrap();
+    let summary = super::verify::verify_file(&path).unwrap();
     assert!(!summary.torn_tail);
     assert_eq!(summary.records, 3);
 }
@@ -91,7 +91,8 @@ fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
 
 #[tokio::test]
 async fn verify_names_the_first_bad_line_of_any_tampering() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<String>)>, usize)> = vec![
+    type Edit = Box<dyn FnOnce(&mut Vec<String>)>;
+    let cases: Vec<(&str, Edit, usize)> = vec![
         ("edit", Box::new(|l: &mut Vec<String>| l[2] = l[2].replace("inactive", "active")), 3),
         (
             "edit with a recomputed hash",
@@ -124,9 +125,9 @@ async fn verify_names_the_first_bad_line_of_any_tampering() {
     ];
     for (name, edit, bad_line) in cases {
         let (_dir, path) = trail_of(5).await;
-        assert!(verify_files(&[path.clone()]).is_ok());
+        assert!(super::verify::verify_file(&path).is_ok());
         rewrite(&path, edit);
-        let broken = verify_files(&[path.clone()]).expect_err(name);
+        let broken = super::verify::verify_file(&path).expect_err(name);
         assert_eq!(broken.line, bad_line, "{name}: {broken}");
     }
 }
@@ -146,7 +147,7 @@ async fn rotation_continues_the_chain_across_files() {
     let mut reversed = files.clone();
     reversed.reverse();
     assert!(verify_files(&reversed).is_err());
-    assert!(verify_files(&[path.clone()]).unwrap().starts_mid_chain);
+    assert!(super::verify::verify_file(&path).unwrap().starts_mid_chain);
     // A restart right after a rotation continues from the rotated file.
     let journal = AuditJournal::open(&config(&path, FsyncMode::Batch, Some(1500))).unwrap();
     write(&journal, 10..11).await;

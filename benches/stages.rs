@@ -73,5 +73,50 @@ fn auth(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route, body, auth);
+fn audit(c: &mut Criterion) {
+    use connector_gateway::audit::{AuditJournal, Phase, RecordBody};
+    use connector_gateway::config::{AuditConfig, FsyncMode};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = RecordBody {
+        time: "2026-12-03T18:04:05.123Z".into(),
+        phase: Phase::Intent,
+        request_id: "6f1c1f4e-1b7a-4f7e-9f0e-2b1d3c4e5f60".into(),
+        client_request_id: "0d3c2b1a-5f4e-4d3c-8b2a-1f0e9d8c7b6a".into(),
+        principal: None,
+        client_addr: Some("127.0.0.1:50123".into()),
+        method: "PATCH".into(),
+        api_version: Some("beta".into()),
+        path: format!("/onPremisesPublishingProfiles/applicationProxy/connectors/{ID}"),
+        connector_id: Some(ID.into()),
+        changes: Some(serde_json::json!({"status": "inactive"})),
+        reason: None,
+        status: None,
+        graph_request_id: None,
+        duration_ms: None,
+    };
+    let mut group = c.benchmark_group("audit");
+    for (name, fsync) in [("batch", FsyncMode::Batch), ("off", FsyncMode::Off)] {
+        let config = AuditConfig { path: dir.path().join(format!("{name}.jsonl")), fsync, rotate_bytes: None };
+        let journal = runtime.block_on(async { AuditJournal::open(&config) }).unwrap();
+        group.bench_function(format!("append_ack_one_fsync_{name}"), |b| {
+            b.to_async(&runtime).iter(|| journal.append(body.clone()))
+        });
+        // 64 requests at once, as under load: group commit shares one write + one fdatasync.
+        group.bench_function(format!("append_ack_64_concurrent_fsync_{name}"), |b| {
+            b.to_async(&runtime).iter(|| async {
+                let appends: Vec<_> = (0..64).map(|_| journal.submit(body.clone())).collect();
+                for append in appends {
+                    append.await.unwrap();
+                }
+            })
+        });
+        let (records, syncs) = journal.counters();
+        eprintln!("audit fsync={name}: {records} records written with {syncs} syncs");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, route, body, auth, audit);
 criterion_main!(benches);

@@ -72,6 +72,11 @@ async fn start_simulator(preferred: SocketAddr) -> Result<Simulator, String> {
     }
 }
 
+/// The demo's audit trail: a fresh file per run, so every tour starts a new chain.
+fn audit_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("connector-gateway-demo-{}", std::process::id())).join("audit.jsonl")
+}
+
 /// Points the embedded config at the running simulator and at free ports where the usual ones
 /// are busy.
 fn demo_config(simulator: &Simulator, ephemeral: bool) -> Result<Config, String> {
@@ -80,8 +85,7 @@ fn demo_config(simulator: &Simulator, ephemeral: bool) -> Result<Config, String>
     config.auth.key_source =
         KeySource::OpenIdConfiguration(simulator.openid_configuration_url().parse().map_err(|_| "bad URL".to_owned())?);
     config.auth.issuers = vec![format!("{}/{{tenantid}}/v2.0", simulator.base_url())];
-    config.audit.path =
-        std::env::temp_dir().join(format!("connector-gateway-demo-{}", std::process::id())).join("audit.jsonl");
+    config.audit.path = audit_path();
     if ephemeral {
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -237,6 +241,43 @@ pub async fn run(once: bool) -> Result<bool, String> {
     )
     .await;
     tour.step("The admin listener's metrics", Method::GET, &format!("{admin}/metrics"), &[], "", StatusCode::OK).await;
+
+    tour.step += 1;
+    println!("\n{}. What the audit trail recorded ({})", tour.step, audit_path().display());
+    let trail = std::fs::read_to_string(audit_path()).unwrap_or_default();
+    for line in trail.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let who = record["principal"]["app_id"].as_str().unwrap_or("(unknown caller)");
+        let what =
+            record["changes"].as_object().map(|c| serde_json::Value::Object(c.clone()).to_string()).unwrap_or_default();
+        let how = record["reason"]
+            .as_str()
+            .map(|r| r.to_owned())
+            .or_else(|| record["status"].as_u64().map(|s| s.to_string()))
+            .unwrap_or_default();
+        println!(
+            "   seq {:>2} {:<7} {} {} {} {what} {how}",
+            record["seq"],
+            record["phase"].as_str().unwrap_or(""),
+            record["method"].as_str().unwrap_or(""),
+            record["connector_id"].as_str().unwrap_or(""),
+            who
+        );
+    }
+    match crate::audit::verify::verify_file(&audit_path()) {
+        Ok(summary) if summary.records > 0 => {
+            println!("   -> {}", crate::audit::verify::describe(&summary, &[audit_path()]))
+        }
+        Ok(_) => {
+            println!("   -> the trail is empty (UNEXPECTED)");
+            tour.failures += 1;
+        }
+        Err(broken) => {
+            println!("   -> chain broken at {broken} (UNEXPECTED)");
+            tour.failures += 1;
+        }
+    }
+    println!("   Check it yourself: cargo run --release -- audit verify {}", audit_path().display());
 
     println!("\nTry it yourself:");
     println!("  TOKEN=$(curl -s {token_url} -d '{form}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')");

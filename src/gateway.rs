@@ -122,6 +122,8 @@ impl GatewayLayer {
             "keys",
             Arc::new(move || keys.current().map(|_| ()).ok_or_else(|| "signing keys not loaded".to_owned())),
         );
+        let journal = self.journal.clone();
+        readiness.add("audit", Arc::new(move || journal.health()));
         readiness
     }
 

@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 
 use crate::audit::AuditError;
 use crate::auth::AuthError;
+use crate::batch::BatchError;
 use crate::body::BodyError;
 use crate::policy::PolicyError;
 use crate::proxy::{BoxError, UpstreamError};
@@ -44,6 +45,17 @@ pub enum GatewayError {
     /// The body is not a legal connector change.
     #[error(transparent)]
     Body(#[from] BodyError),
+    /// A `$batch` document that cannot be governed.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// An inner request of a batch was refused; the whole batch is refused with its answer.
+    #[error("batch request {id}: {error}")]
+    InBatch {
+        /// The inner request's `id`.
+        id: String,
+        /// Why it was refused.
+        error: Box<GatewayError>,
+    },
     /// The audit trail could not be written; nothing was forwarded.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -154,6 +166,8 @@ impl GatewayError {
                 Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
             }
             Self::Body(_) => Answer::new(StatusCode::BAD_REQUEST, "Request_BadRequest", Denied),
+            Self::Batch(_) => Answer::new(StatusCode::BAD_REQUEST, "BadRequest", Denied),
+            Self::InBatch { error, .. } => error.answer(),
             Self::Audit(_) => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", Failed)
                 .header(RETRY_AFTER, HeaderValue::from_static("5")),
             Self::Upstream(UpstreamError::Timeout(_)) => {

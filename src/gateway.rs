@@ -22,6 +22,7 @@ use crate::admin::Readiness;
 use crate::audit::journal::OpenError;
 use crate::audit::{AuditJournal, RecordDenials, RecordDenialsLayer, WriteAhead, WriteAheadLayer};
 use crate::auth::{Authenticate, AuthenticateLayer, KeyStore, Verifier};
+use crate::batch::{BatchPlanLayer, BatchPlanner};
 use crate::body::{ValidateBody, ValidateBodyLayer};
 use crate::config::Config;
 use crate::error::{CLIENT_REQUEST_ID, GatewayError, REQUEST_ID, Rescue, RescueLayer};
@@ -48,7 +49,7 @@ pub type GatewayBody<B> = tower_http::trace::ResponseBody<
 type Traced<S> = Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
 
 /// The policy stages inside the rescue edge, in the order of DESIGN.md.
-type Stages<S> = RecordDenials<RouteGuard<Authenticate<Authorize<ValidateBody<WriteAhead<Forward<S>>>>>>>;
+type Stages<S> = RecordDenials<RouteGuard<BatchPlanner<Authenticate<Authorize<ValidateBody<WriteAhead<Forward<S>>>>>>>>;
 
 type Stack<S> = DropInboundRequestId<
     SetRequestId<
@@ -162,6 +163,7 @@ impl<S> Layer<S> for GatewayLayer {
             .layer(RescueLayer::new(self.config.server.request_timeout))
             .layer(RecordDenialsLayer::new(self.journal.clone()))
             .layer(RouteGuardLayer::new(self.config.policy.other_requests))
+            .layer(BatchPlanLayer::new(self.config.server.max_body_bytes, self.config.policy.other_requests))
             .layer(AuthenticateLayer::new(self.verifier.clone()))
             .layer(AuthorizeLayer::new(Rules::new(&self.config.policy, &self.config.auth)))
             .layer(ValidateBodyLayer::new(

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod config;
 pub mod demo;

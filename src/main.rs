@@ -45,28 +45,33 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, so call it
+/// before announcing readiness: a supervisor may signal as soon as it reads the ready line.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn serve(args: &[String]) -> Result<(), String> {
     let config = load(args)?;
     runtime()?.block_on(async {
+        let signal = shutdown_signal()?;
         let gateway = launch::start(config).await.map_err(|e| e.to_string())?;
-        wait_for_signal().await;
+        signal.await;
         tracing::info!("shutting down: draining in-flight requests");
         gateway.shutdown().await;
         Ok(())
@@ -129,6 +134,7 @@ fn simulate(args: &[String]) -> Result<(), String> {
     }
     let addr = listen.parse().map_err(|_| format!("--listen: `{listen}` is not an address like 127.0.0.1:8081"))?;
     runtime()?.block_on(async {
+        let signal = shutdown_signal()?;
         let simulator = Simulator::start(addr, faults).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(addr = %simulator.addr(), "simulator ready");
         println!("simulator ready on {}", simulator.base_url());
@@ -143,7 +149,7 @@ fn simulate(args: &[String]) -> Result<(), String> {
             "  connectors:           {}/beta/onPremisesPublishingProfiles/applicationProxy/connectors",
             simulator.base_url()
         );
-        wait_for_signal().await;
+        signal.await;
         simulator.shutdown().await;
         Ok(())
     })

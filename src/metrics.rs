@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 use crate::error::{Decision, UpstreamFailure};
 use crate::route::{Route, RouteClass};
 
-const CLASSES: [RouteClass; 2] = [RouteClass::ConnectorWrite, RouteClass::Other];
+const CLASSES: [RouteClass; 3] = [RouteClass::ConnectorWrite, RouteClass::Batch, RouteClass::Other];
 const DECISIONS: [Decision; 3] = [Decision::Forwarded, Decision::Denied, Decision::Failed];
 /// Status codes 100..=599, one slot each.
 const STATUSES: usize = 500;

@@ -13,7 +13,6 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::config::{AuthConfig, PolicyConfig};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
-use crate::route::{Route, RouteClass};
 
 /// Why a verified principal may not write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,8 +110,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let governed =
-            matches!(request.extensions().get::<Route>(), Some(Route { class: RouteClass::ConnectorWrite, .. }));
+        let governed = crate::route::is_governed(request.extensions());
         if governed {
             let decision = match request.extensions().get::<Principal>() {
                 Some(principal) => self.rules.check(principal).map_err(GatewayError::from),

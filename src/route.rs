@@ -76,6 +76,8 @@ pub struct ConnectorTarget {
 pub enum RouteClass {
     /// A write to a connector entity: governed.
     ConnectorWrite,
+    /// `POST /{v}/$batch`: governed when it carries a connector write.
+    Batch,
     /// Anything else.
     Other,
 }
@@ -85,6 +87,7 @@ impl RouteClass {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ConnectorWrite => "connector_write",
+            Self::Batch => "batch",
             Self::Other => "other",
         }
     }
@@ -137,6 +140,17 @@ impl Route {
     }
 }
 
+/// Is this request governed: a connector write, or a batch carrying at least one?
+pub fn is_governed(extensions: &http::Extensions) -> bool {
+    match extensions.get::<Route>() {
+        Some(Route { class: RouteClass::ConnectorWrite, .. }) => true,
+        Some(Route { class: RouteClass::Batch, .. }) => {
+            extensions.get::<crate::batch::BatchPlan>().is_some_and(|plan| !plan.writes.is_empty())
+        }
+        _ => false,
+    }
+}
+
 /// Classifies a request from its method, URI and headers.
 pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
     let path = uri.path();
@@ -169,11 +183,19 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
             return Route::rejected(RouteClass::Other, RouteError::Ambiguous { reason });
         }
     }
+    let override_header = METHOD_OVERRIDE_HEADERS.into_iter().find(|h| headers.contains_key(*h));
+    if matches!(tokens.as_slice(), [Token::Name(name)] if name.eq_ignore_ascii_case("$batch")) {
+        return match (override_header, method) {
+            (Some(header), _) => Route::rejected(RouteClass::Batch, RouteError::MethodOverride { header }),
+            (None, &Method::POST) => Route { class: RouteClass::Batch, target: None, rejection: None },
+            (None, _) => Route::other(),
+        };
+    }
     let Some((target, nested)) = match_connector(version, &tokens) else {
         return Route::other();
     };
     let write = |rejection| Route { class: RouteClass::ConnectorWrite, target: Some(target.clone()), rejection };
-    if let Some(header) = METHOD_OVERRIDE_HEADERS.into_iter().find(|h| headers.contains_key(*h)) {
+    if let Some(header) = override_header {
         return write(Some(RouteError::MethodOverride { header }));
     }
     match *method {

@@ -20,11 +20,15 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::auth::Principal;
+use crate::batch::{BatchPlan, InnerWrite, inner_statuses};
 use crate::body::ConnectorPatch;
 use crate::error::{CLIENT_REQUEST_ID, Decision, GatewayError, REQUEST_ID};
 use crate::route::{Route, RouteClass};
@@ -36,18 +40,38 @@ use crate::server::ClientAddr;
 pub struct AuditContext {
     principal: OnceLock<AuditPrincipal>,
     changes: OnceLock<serde_json::Value>,
+    batch: OnceLock<BatchPlan>,
+}
+
+/// Notes a batch's inner connector writes for possible later denial records.
+pub fn note_batch(extensions: &http::Extensions, plan: &BatchPlan) {
+    if let Some(context) = extensions.get::<Arc<AuditContext>>() {
+        let _ = context.batch.set(plan.clone());
+    }
+}
+
+/// The record of one inner write of a batch, from the batch's own record.
+fn for_inner(outer: &RecordBody, write: &InnerWrite) -> RecordBody {
+    RecordBody {
+        method: write.method.to_string(),
+        api_version: Some(write.target.api_version.as_str().to_owned()),
+        path: write.path.clone(),
+        connector_id: Some(write.target.connector_id.clone()),
+        changes: write.patch.as_ref().map(ConnectorPatch::changes),
+        ..outer.clone()
+    }
 }
 
 /// Notes the verified principal for a possible later denial record.
-pub fn note_principal<B>(request: &Request<B>, principal: &Principal) {
-    if let Some(context) = request.extensions().get::<Arc<AuditContext>>() {
+pub fn note_principal(extensions: &http::Extensions, principal: &Principal) {
+    if let Some(context) = extensions.get::<Arc<AuditContext>>() {
         let _ = context.principal.set(AuditPrincipal::from(principal));
     }
 }
 
 /// Notes the validated changes for a possible later denial record.
-pub fn note_changes<B>(request: &Request<B>, patch: &ConnectorPatch) {
-    if let Some(context) = request.extensions().get::<Arc<AuditContext>>() {
+pub fn note_changes(extensions: &http::Extensions, patch: &ConnectorPatch) {
+    if let Some(context) = extensions.get::<Arc<AuditContext>>() {
         let _ = context.changes.set(patch.changes());
     }
 }
@@ -86,10 +110,6 @@ fn draft<B>(request: &Request<B>, phase: Phase) -> RecordBody {
         graph_request_id: None,
         duration_ms: None,
     }
-}
-
-fn governed<B>(request: &Request<B>) -> bool {
-    matches!(request.extensions().get::<Route>(), Some(Route { class: RouteClass::ConnectorWrite, .. }))
 }
 
 /// Records every refusal of a governed request as a `denied` record. See the [module docs](self).
@@ -133,7 +153,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !governed(&request) {
+        // A batch is not known to be governed until it is planned further in; its context is
+        // prepared anyway and records are written only for the connector writes it carried.
+        let maybe_governed = matches!(
+            request.extensions().get::<Route>(),
+            Some(Route { class: RouteClass::ConnectorWrite | RouteClass::Batch, .. })
+        );
+        if !maybe_governed {
             return DenialFuture::Inner { inner: self.inner.call(request), pending: None };
         }
         let context = Arc::new(AuditContext::default());
@@ -150,8 +176,8 @@ pin_project! {
     pub enum DenialFuture<F> {
         /// Waiting on the inner stages.
         Inner { #[pin] inner: F, pending: Option<(RecordBody, Arc<AuditContext>, AuditJournal)> },
-        /// Writing the denial record before answering.
-        Recording { append: journal::Append, error: Option<GatewayError> },
+        /// Writing the denial records before answering.
+        Recording { appends: Vec<journal::Append>, error: Option<GatewayError> },
     }
 }
 
@@ -176,12 +202,24 @@ where
                     body.changes = body.changes.or_else(|| context.changes.get().cloned());
                     body.reason = Some(format!("{}: {error}", error.code()));
                     body.status = Some(error.status().as_u16());
-                    DenialFuture::Recording { append: journal.submit(body), error: Some(error) }
+                    let bodies = match (body.connector_id.is_some(), context.batch.get()) {
+                        (true, _) => vec![body],
+                        // One record per inner connector write of a refused batch.
+                        (false, Some(plan)) => plan.writes.iter().map(|w| for_inner(&body, w)).collect(),
+                        // Refused while planning because of an inner connector request.
+                        (false, None) if matches!(error, GatewayError::InBatch { .. }) => vec![body],
+                        (false, None) => Vec::new(),
+                    };
+                    let appends = bodies.into_iter().rev().map(|b| journal.submit(b)).collect();
+                    DenialFuture::Recording { appends, error: Some(error) }
                 }
-                DenialProjection::Recording { append, error } => {
-                    if let Err(audit_error) = ready!(Pin::new(append).poll(cx)) {
-                        // The denial stands (nothing was forwarded); the missing record is loud.
-                        tracing::error!(error = %audit_error, "a denial could not be recorded");
+                DenialProjection::Recording { appends, error } => {
+                    while let Some(append) = appends.last_mut() {
+                        if let Err(audit_error) = ready!(Pin::new(append).poll(cx)) {
+                            // The denial stands (nothing was forwarded); the missing record is loud.
+                            tracing::error!(error = %audit_error, "a denial could not be recorded");
+                        }
+                        appends.pop();
                     }
                     return Poll::Ready(Err(error.take().unwrap_or(GatewayError::Audit(AuditError::Closed))));
                 }
@@ -222,29 +260,41 @@ pub struct WriteAhead<S> {
 
 impl<S, B, ResB> Service<Request<B>> for WriteAhead<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>, Error = GatewayError> + Clone,
+    S: Service<Request<B>, Response = Response<Either<Full<Bytes>, ResB>>, Error = GatewayError> + Clone,
+    ResB: http_body::Body<Data = Bytes>,
+    ResB::Error: Into<crate::proxy::BoxError>,
 {
-    type Response = Response<ResB>;
+    type Response = Response<Either<Full<Bytes>, ResB>>;
     type Error = GatewayError;
-    type Future = WriteAheadFuture<S, B>;
+    type Future = WriteAheadFuture<S, B, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if !governed(&request) {
-            return WriteAheadFuture::Forwarding { inner: self.inner.call(request), outcome: None };
+        if !crate::route::is_governed(request.extensions()) {
+            return WriteAheadFuture::Forwarding { inner: self.inner.call(request), owed: None };
         }
-        let intent = draft(&request, Phase::Intent);
-        let outcome = OutcomeGuard {
-            body: Some(RecordBody { phase: Phase::Outcome, ..intent.clone() }),
-            journal: self.journal.clone(),
-            started: Instant::now(),
+        let draft = draft(&request, Phase::Intent);
+        let intents: Vec<(Option<String>, RecordBody)> = match request.extensions().get::<BatchPlan>() {
+            Some(plan) => plan.writes.iter().map(|w| (Some(w.id.clone()), for_inner(&draft, w))).collect(),
+            None => vec![(None, draft)],
         };
+        let started = Instant::now();
+        let guards = intents
+            .iter()
+            .map(|(id, intent)| OutcomeGuard {
+                batch_id: id.clone(),
+                body: Some(RecordBody { phase: Phase::Outcome, ..intent.clone() }),
+                journal: self.journal.clone(),
+                started,
+            })
+            .collect();
+        let appends = intents.into_iter().rev().map(|(_, intent)| self.journal.submit(intent)).collect();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        WriteAheadFuture::Intent { append: self.journal.submit(intent), state: Some((request, inner, outcome)) }
+        WriteAheadFuture::Intent { appends, state: Some((request, inner, guards)) }
     }
 }
 
@@ -253,6 +303,7 @@ where
 /// intent gets its outcome.
 #[derive(Debug)]
 pub struct OutcomeGuard {
+    batch_id: Option<String>,
     body: Option<RecordBody>,
     journal: AuditJournal,
     started: Instant,
@@ -287,71 +338,146 @@ impl Drop for OutcomeGuard {
     }
 }
 
+/// Batch responses larger than this are relayed without per-request outcomes.
+const MAX_BATCH_RESPONSE: usize = 8 * 1024 * 1024;
+
+type ResponseCollect<ResB> = Collect<Limited<Either<Full<Bytes>, ResB>>>;
+
+/// Polls queued appends to completion (last first); failures are logged.
+fn poll_appends(appends: &mut Vec<journal::Append>, cx: &mut Context<'_>, what: &str) -> Poll<Result<(), AuditError>> {
+    let mut outcome = Ok(());
+    while let Some(append) = appends.last_mut() {
+        if let Err(error) = ready!(Pin::new(append).poll(cx)) {
+            tracing::error!(%error, "{what} could not be recorded");
+            outcome = Err(error);
+        }
+        appends.pop();
+    }
+    Poll::Ready(outcome)
+}
+
 pin_project! {
     /// Response future of [`WriteAhead`].
     #[project = WriteAheadProjection]
     #[allow(missing_docs)] // pin-project-lite takes no docs on variant fields
-    pub enum WriteAheadFuture<S, B>
+    pub enum WriteAheadFuture<S, B, ResB>
     where
         S: Service<Request<B>>,
+        ResB: http_body::Body<Data = Bytes>,
+        ResB::Error: Into<crate::proxy::BoxError>,
     {
-        /// Waiting for the intent record to be durable.
-        Intent { append: journal::Append, state: Option<(Request<B>, S, OutcomeGuard)> },
+        /// Waiting for the intent records to be durable.
+        Intent { appends: Vec<journal::Append>, state: Option<(Request<B>, S, Vec<OutcomeGuard>)> },
         /// Forwarded; waiting for the upstream.
-        Forwarding { #[pin] inner: S::Future, outcome: Option<OutcomeGuard> },
-        /// Writing the outcome record before answering.
-        Outcome { append: Option<journal::Append>, result: Option<Result<S::Response, GatewayError>> },
+        Forwarding { #[pin] inner: S::Future, owed: Option<Vec<OutcomeGuard>> },
+        /// A batch answered: reading its body to learn each inner status.
+        ReadingBatch { #[pin] collect: ResponseCollect<ResB>, state: Option<(http::response::Parts, Vec<OutcomeGuard>)> },
+        /// Writing the outcome records before answering.
+        Outcome { appends: Vec<journal::Append>, result: Option<Result<Response<Either<Full<Bytes>, ResB>>, GatewayError>> },
     }
 }
 
-impl<S, B, ResB> Future for WriteAheadFuture<S, B>
+impl<S, B, ResB> Future for WriteAheadFuture<S, B, ResB>
 where
-    S: Service<Request<B>, Response = Response<ResB>, Error = GatewayError>,
+    S: Service<Request<B>, Response = Response<Either<Full<Bytes>, ResB>>, Error = GatewayError>,
+    ResB: http_body::Body<Data = Bytes>,
+    ResB::Error: Into<crate::proxy::BoxError>,
 {
-    type Output = Result<Response<ResB>, GatewayError>;
+    type Output = Result<Response<Either<Full<Bytes>, ResB>>, GatewayError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project() {
-                WriteAheadProjection::Intent { append, state } => {
-                    let written = ready!(Pin::new(append).poll(cx));
-                    let Some((request, mut inner, mut outcome)) = state.take() else {
+                WriteAheadProjection::Intent { appends, state } => {
+                    let written = ready!(poll_appends(appends, cx, "an intent"));
+                    let Some((request, mut inner, mut guards)) = state.take() else {
                         return Poll::Ready(Err(GatewayError::Audit(AuditError::Closed)));
                     };
                     if let Err(error) = written {
-                        outcome.body = None; // nothing forwarded, so no outcome is owed
+                        guards.iter_mut().for_each(|g| g.body = None); // nothing forwarded, no outcome owed
                         return Poll::Ready(Err(GatewayError::Audit(error)));
                     }
-                    WriteAheadFuture::Forwarding { inner: inner.call(request), outcome: Some(outcome) }
+                    WriteAheadFuture::Forwarding { inner: inner.call(request), owed: Some(guards) }
                 }
-                WriteAheadProjection::Forwarding { inner, outcome } => {
+                WriteAheadProjection::Forwarding { inner, owed } => {
                     let result = ready!(inner.poll(cx));
-                    let append = outcome.as_mut().and_then(|guard| match &result {
+                    let mut guards = owed.take().unwrap_or_default();
+                    match result {
+                        Ok(response) if guards.iter().any(|g| g.batch_id.is_some()) => {
+                            let (parts, body) = response.into_parts();
+                            WriteAheadFuture::ReadingBatch {
+                                collect: Limited::new(body, MAX_BATCH_RESPONSE).collect(),
+                                state: Some((parts, guards)),
+                            }
+                        }
                         Ok(response) => {
-                            let graph_id =
-                                response.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                            guard.finish(response.status().as_u16(), graph_id, None)
+                            let graph_id = graph_request_id(response.headers());
+                            let status = response.status().as_u16();
+                            let appends =
+                                guards.iter_mut().filter_map(|g| g.finish(status, graph_id.clone(), None)).collect();
+                            WriteAheadFuture::Outcome { appends, result: Some(Ok(response)) }
                         }
                         Err(error) => {
-                            guard.finish(error.status().as_u16(), None, Some(format!("{}: {error}", error.code())))
-                        }
-                    });
-                    WriteAheadFuture::Outcome { append, result: Some(result) }
-                }
-                WriteAheadProjection::Outcome { append, result } => {
-                    if let Some(pending) = append {
-                        if let Err(error) = ready!(Pin::new(pending).poll(cx)) {
-                            // The change already happened upstream; the answer is relayed and the
-                            // failure is loud (readyz fails too).
-                            tracing::error!(%error, "an outcome could not be recorded");
+                            let reason = format!("{}: {error}", error.code());
+                            let status = error.status().as_u16();
+                            let appends = guards
+                                .iter_mut()
+                                .filter_map(|g| g.finish(status, None, Some(reason.clone())))
+                                .collect();
+                            WriteAheadFuture::Outcome { appends, result: Some(Err(error)) }
                         }
                     }
+                }
+                WriteAheadProjection::ReadingBatch { collect, state } => {
+                    let collected = ready!(collect.poll(cx));
+                    let Some((parts, mut guards)) = state.take() else {
+                        return Poll::Ready(Err(GatewayError::Audit(AuditError::Closed)));
+                    };
+                    let graph_id = graph_request_id(&parts.headers);
+                    match collected {
+                        Ok(collected) => {
+                            let bytes = collected.to_bytes();
+                            let statuses = inner_statuses(&bytes);
+                            let appends = guards
+                                .iter_mut()
+                                .filter_map(|g| {
+                                    let inner = statuses
+                                        .iter()
+                                        .find(|(id, _)| Some(id) == g.batch_id.as_ref())
+                                        .map(|(_, s)| *s);
+                                    let reason =
+                                        inner.is_none().then(|| "no inner response for this request".to_owned());
+                                    g.finish(inner.unwrap_or(parts.status.as_u16()), graph_id.clone(), reason)
+                                })
+                                .collect();
+                            let response = Response::from_parts(parts, Either::Left(Full::new(bytes)));
+                            WriteAheadFuture::Outcome { appends, result: Some(Ok(response)) }
+                        }
+                        Err(error) => {
+                            let error = GatewayError::Upstream(crate::proxy::UpstreamError::Broken(error.to_string()));
+                            let reason = format!("{}: {error}", error.code());
+                            let appends = guards
+                                .iter_mut()
+                                .filter_map(|g| g.finish(502, graph_id.clone(), Some(reason.clone())))
+                                .collect();
+                            WriteAheadFuture::Outcome { appends, result: Some(Err(error)) }
+                        }
+                    }
+                }
+                WriteAheadProjection::Outcome { appends, result } => {
+                    // The change already happened upstream: the answer is relayed even if its
+                    // outcome could not be recorded (that is logged, and readyz fails).
+                    let _ = ready!(poll_appends(appends, cx, "an outcome"));
                     return Poll::Ready(result.take().unwrap_or(Err(GatewayError::Audit(AuditError::Closed))));
                 }
             };
             self.set(next);
         }
     }
+}
+
+fn graph_request_id(headers: &http::HeaderMap) -> Option<String> {
+    headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ pub use keys::{KeySet, KeyStore};
 pub use verify::{Verdict, Verifier};
 
 use crate::error::GatewayError;
-use crate::route::{Route, RouteClass};
 
 /// Delegated (a user, `scp`) or application (app-only, `roles`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -161,8 +160,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let governed =
-            matches!(request.extensions().get::<Route>(), Some(Route { class: RouteClass::ConnectorWrite, .. }));
+        let governed = crate::route::is_governed(request.extensions());
         if !governed {
             return ResponseFuture::Forwarding { inner: self.inner.call(request) };
         }
@@ -172,7 +170,7 @@ where
         };
         match verdict {
             Verdict::Done(Ok(principal)) => {
-                crate::audit::note_principal(&request, &principal);
+                crate::audit::note_principal(request.extensions(), &principal);
                 request.extensions_mut().insert(principal);
                 ResponseFuture::Forwarding { inner: self.inner.call(request) }
             }
@@ -233,7 +231,7 @@ where
                     };
                     match verdict {
                         Verdict::Done(Ok(principal)) => {
-                            crate::audit::note_principal(&request, &principal);
+                            crate::audit::note_principal(request.extensions(), &principal);
                             request.extensions_mut().insert(principal);
                             ResponseFuture::Forwarding { inner: inner.call(request) }
                         }

@@ -74,7 +74,23 @@ pub struct ValidateBody<S> {
     limits: Arc<Limits>,
 }
 
-impl<S, B> Service<Request<B>> for ValidateBody<S>
+/// Parses a buffered connector PATCH body into the request's [`ConnectorPatch`].
+#[derive(Debug)]
+pub struct PatchCheck {
+    limits: Arc<Limits>,
+    connector_id: String,
+}
+
+impl Inspect for PatchCheck {
+    fn inspect(self, parts: &mut http::request::Parts, bytes: &Bytes) -> Result<(), GatewayError> {
+        let patch = parse_patch(bytes, &self.connector_id, &self.limits.writable)?;
+        crate::audit::note_changes(&parts.extensions, &patch);
+        parts.extensions.insert(patch);
+        Ok(())
+    }
+}
+
+impl<S, B> Service<Request<ForwardBody<B>>> for ValidateBody<S>
 where
     S: Service<Request<ForwardBody<B>>, Error = GatewayError> + Clone,
     B: Body<Data = Bytes>,
@@ -82,84 +98,98 @@ where
 {
     type Response = S::Response;
     type Error = GatewayError;
-    type Future = ResponseFuture<S, B>;
+    type Future = Buffering<S, ForwardBody<B>, B, PatchCheck>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ForwardBody<B>>) -> Self::Future {
         let connector_id = match request.extensions().get::<Route>() {
             Some(Route { class: RouteClass::ConnectorWrite, target: Some(target), .. }) => target.connector_id.clone(),
-            _ => {
-                return ResponseFuture::Forwarding { inner: self.inner.call(request.map(Either::Right)) };
+            Some(Route { class: RouteClass::Batch, .. }) => {
+                // The batch was buffered and planned earlier; its inner writes are checked here,
+                // after authentication, as a direct write's body would be.
+                if let Err(error) = crate::batch::validate_writes(request.extensions_mut(), &self.limits.writable) {
+                    return Buffering::Rejected { error: Some(error) };
+                }
+                return Buffering::Forwarding { inner: self.inner.call(request) };
             }
+            _ => return Buffering::Forwarding { inner: self.inner.call(request) },
         };
-        if !is_json(request.headers()) {
-            return ResponseFuture::rejected(BodyError::UnsupportedMediaType);
-        }
-        let declared =
-            request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        let limit = self.limits.max_body_bytes;
-        if declared.is_some_and(|length| length > limit as u64) {
-            return ResponseFuture::rejected(BodyError::TooLarge { limit });
-        }
-        // The ready inner service handles this request; a fresh clone takes its place.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let (parts, body) = request.into_parts();
-        ResponseFuture::Collecting {
-            collect: Limited::new(body, limit).collect(),
-            state: Some(Pending { parts, inner, limits: self.limits.clone(), connector_id }),
-        }
+        let check = PatchCheck { limits: self.limits.clone(), connector_id };
+        buffer(&mut self.inner, request, self.limits.max_body_bytes, check)
+    }
+}
+
+/// What to do with a buffered body before the request goes on: check it, and note what was
+/// learned in the request's extensions.
+pub trait Inspect {
+    /// Checks `bytes`; an error refuses the request.
+    fn inspect(self, parts: &mut http::request::Parts, bytes: &Bytes) -> Result<(), GatewayError>;
+}
+
+/// Starts buffering `request` (refusing non-JSON and declared-oversized bodies at once), to be
+/// inspected by `check` and then handed to `inner` with the buffered bytes.
+pub fn buffer<S, ReqB, B, C>(inner: &mut S, request: Request<ReqB>, limit: usize, check: C) -> Buffering<S, ReqB, B, C>
+where
+    S: Service<Request<ForwardBody<B>>> + Clone,
+    ReqB: Body,
+    ReqB::Error: Into<BoxError>,
+{
+    if !is_json(request.headers()) {
+        return Buffering::Rejected { error: Some(BodyError::UnsupportedMediaType.into()) };
+    }
+    let declared =
+        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Buffering::Rejected { error: Some(BodyError::TooLarge { limit }.into()) };
+    }
+    // The ready inner service handles this request; a fresh clone takes its place.
+    let clone = inner.clone();
+    let inner = std::mem::replace(inner, clone);
+    let (parts, body) = request.into_parts();
+    Buffering::Collecting {
+        collect: Limited::new(body, limit).collect(),
+        state: Some(Pending { parts, inner, limit, check }),
     }
 }
 
 /// What a collecting future needs once the body is in.
 #[derive(Debug)]
-pub struct Pending<S> {
+pub struct Pending<S, C> {
     parts: http::request::Parts,
     inner: S,
-    limits: Arc<Limits>,
-    connector_id: String,
+    limit: usize,
+    check: C,
 }
 
 pin_project! {
-    /// Response future of [`ValidateBody`]: forwarding at once, refusing at once, or collecting the
-    /// body and then calling the inner service.
+    /// Response future of the buffering stages: forwarding at once, refusing at once, or collecting
+    /// the body, inspecting it, and then calling the inner service.
     #[project = Projection]
     #[allow(missing_docs)] // pin-project-lite takes no docs on variant fields
-    pub enum ResponseFuture<S, B>
+    pub enum Buffering<S, ReqB, B, C>
     where
         S: Service<Request<ForwardBody<B>>>,
-        B: Body,
-        B::Error: Into<BoxError>,
+        ReqB: Body,
+        ReqB::Error: Into<BoxError>,
     {
-        /// Not governed: the inner service already has the request.
+        /// Not buffered here: the inner service already has the request.
         Forwarding { #[pin] inner: S::Future },
         /// Refused before reading the body.
-        Rejected { error: Option<BodyError> },
-        /// Reading the governed body.
-        Collecting { #[pin] collect: Collect<Limited<B>>, state: Option<Pending<S>> },
+        Rejected { error: Option<GatewayError> },
+        /// Reading the body.
+        Collecting { #[pin] collect: Collect<Limited<ReqB>>, state: Option<Pending<S, C>> },
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
-where
-    S: Service<Request<ForwardBody<B>>>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    fn rejected(error: BodyError) -> Self {
-        Self::Rejected { error: Some(error) }
-    }
-}
-
-impl<S, B> Future for ResponseFuture<S, B>
+impl<S, ReqB, B, C> Future for Buffering<S, ReqB, B, C>
 where
     S: Service<Request<ForwardBody<B>>, Error = GatewayError>,
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    ReqB: Body<Data = Bytes>,
+    ReqB::Error: Into<BoxError>,
+    C: Inspect,
 {
     type Output = Result<S::Response, GatewayError>;
 
@@ -168,28 +198,25 @@ where
             let next = match self.as_mut().project() {
                 Projection::Forwarding { inner } => return inner.poll(cx),
                 Projection::Rejected { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or(BodyError::Unreadable).into()));
+                    return Poll::Ready(Err(error.take().unwrap_or_else(|| BodyError::Unreadable.into())));
                 }
                 Projection::Collecting { collect, state } => {
                     let collected = ready!(collect.poll(cx));
-                    let Some(Pending { parts, mut inner, limits, connector_id }) = state.take() else {
+                    let Some(Pending { mut parts, mut inner, limit, check }) = state.take() else {
                         return Poll::Ready(Err(BodyError::Unreadable.into()));
                     };
                     let bytes = match collected {
                         Ok(collected) => collected.to_bytes(),
                         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                            return Poll::Ready(Err(BodyError::TooLarge { limit: limits.max_body_bytes }.into()));
+                            return Poll::Ready(Err(BodyError::TooLarge { limit }.into()));
                         }
                         Err(_) => return Poll::Ready(Err(BodyError::Unreadable.into())),
                     };
-                    let patch = match parse_patch(&bytes, &connector_id, &limits.writable) {
-                        Ok(patch) => patch,
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    };
-                    let mut request = Request::from_parts(parts, Either::Left(Full::new(bytes)));
-                    crate::audit::note_changes(&request, &patch);
-                    request.extensions_mut().insert(patch);
-                    ResponseFuture::Forwarding { inner: inner.call(request) }
+                    if let Err(error) = check.inspect(&mut parts, &bytes) {
+                        return Poll::Ready(Err(error));
+                    }
+                    let request = Request::from_parts(parts, Either::Left(Full::new(bytes)));
+                    Buffering::Forwarding { inner: inner.call(request) }
                 }
             };
             self.set(next);

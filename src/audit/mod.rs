@@ -210,7 +210,7 @@ where
                         (false, None) if matches!(error, GatewayError::InBatch { .. }) => vec![body],
                         (false, None) => Vec::new(),
                     };
-                    let appends = bodies.into_iter().rev().map(|b| journal.submit(b)).collect();
+                    let appends = bodies.into_iter().map(|b| journal.submit(b)).collect();
                     DenialFuture::Recording { appends, error: Some(error) }
                 }
                 DenialProjection::Recording { appends, error } => {
@@ -291,7 +291,7 @@ where
                 started,
             })
             .collect();
-        let appends = intents.into_iter().rev().map(|(_, intent)| self.journal.submit(intent)).collect();
+        let appends = intents.into_iter().map(|(_, intent)| self.journal.submit(intent)).collect();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         WriteAheadFuture::Intent { appends, state: Some((request, inner, guards)) }
@@ -343,17 +343,19 @@ const MAX_BATCH_RESPONSE: usize = 8 * 1024 * 1024;
 
 type ResponseCollect<ResB> = Collect<Limited<Either<Full<Bytes>, ResB>>>;
 
-/// Polls queued appends to completion (last first); failures are logged.
+/// Polls queued appends until every one is acknowledged (they were queued in order, so the
+/// order of waiting does not matter); the first failure ends the wait and is returned.
 fn poll_appends(appends: &mut Vec<journal::Append>, cx: &mut Context<'_>, what: &str) -> Poll<Result<(), AuditError>> {
-    let mut outcome = Ok(());
     while let Some(append) = appends.last_mut() {
-        if let Err(error) = ready!(Pin::new(append).poll(cx)) {
-            tracing::error!(%error, "{what} could not be recorded");
-            outcome = Err(error);
-        }
+        let result = ready!(Pin::new(append).poll(cx));
         appends.pop();
+        if let Err(error) = result {
+            tracing::error!(%error, "{what} could not be recorded");
+            appends.clear();
+            return Poll::Ready(Err(error));
+        }
     }
-    Poll::Ready(outcome)
+    Poll::Ready(Ok(()))
 }
 
 pin_project! {

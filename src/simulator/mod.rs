@@ -239,7 +239,12 @@ async fn graph(state: &State, parts: http::request::Parts, body: Bytes) -> Respo
     let request_id = uuid::Uuid::new_v4().to_string();
     let client_request_id =
         parts.headers.get("client-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let mut response = graph_answer(state, &parts, &body, &request_id, &client_request_id).await;
+    let is_batch = parts.method == Method::POST && parts.uri.path().to_ascii_lowercase().ends_with("/$batch");
+    let mut response = if is_batch {
+        batch_answer(state, &parts, &body, &request_id, &client_request_id).await
+    } else {
+        graph_answer(state, &parts, &body, &request_id, &client_request_id).await
+    };
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert("request-id", value);
@@ -248,6 +253,48 @@ async fn graph(state: &State, parts: http::request::Parts, body: Bytes) -> Respo
         headers.insert("client-request-id", value);
     }
     response
+}
+
+/// `POST /{v}/$batch`: runs each inner request against the simulated Graph, in order.
+async fn batch_answer(
+    state: &State,
+    parts: &http::request::Parts,
+    body: &[u8],
+    request_id: &str,
+    client_request_id: &str,
+) -> Response<Full<Bytes>> {
+    let version = parts.uri.path().trim_start_matches('/').split('/').next().unwrap_or("v1.0").to_owned();
+    let Ok(document) = serde_json::from_slice::<Value>(body) else {
+        return graph_error(400, "BadRequest", "Invalid batch payload.", request_id, client_request_id);
+    };
+    let mut responses = Vec::new();
+    for inner in document["requests"].as_array().into_iter().flatten() {
+        let id = inner["id"].as_str().unwrap_or_default();
+        let url = inner["url"].as_str().unwrap_or_default();
+        let path = match url.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]).to_owned(),
+            None => format!("/{version}/{}", url.trim_start_matches('/')),
+        };
+        let mut builder = Request::builder()
+            .method(inner["method"].as_str().unwrap_or("GET").to_ascii_uppercase().as_str())
+            .uri(path);
+        if let Some(auth) = parts.headers.get(http::header::AUTHORIZATION) {
+            builder = builder.header(http::header::AUTHORIZATION, auth);
+        }
+        let Ok(request) = builder.body(()) else {
+            responses.push(json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Invalid request."}}}));
+            continue;
+        };
+        let (inner_parts, ()) = request.into_parts();
+        let inner_body = inner.get("body").map(|b| b.to_string()).unwrap_or_default();
+        let answer = graph_answer(state, &inner_parts, inner_body.as_bytes(), request_id, client_request_id).await;
+        let status = answer.status().as_u16();
+        let bytes = answer.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        responses
+            .push(json!({"id": id, "status": status, "headers": {"content-type": "application/json"}, "body": body}));
+    }
+    json_response(200, &json!({ "responses": responses }))
 }
 
 async fn graph_answer(
@@ -285,10 +332,10 @@ async fn graph_answer(
         return error(500, "InternalServerError", "state poisoned");
     };
     match (&parts.method, target) {
-        (&Method::GET, GraphPath::Connectors { version }) => {
+        (&Method::GET | &Method::HEAD, GraphPath::Connectors { version }) => {
             json_response(200, &graph::collection(&version, connectors.values().map(|c| c.to_json(&version))))
         }
-        (&Method::GET, GraphPath::Connector { version, id }) => match connectors.get(&id) {
+        (&Method::GET | &Method::HEAD, GraphPath::Connector { version, id }) => match connectors.get(&id) {
             Some(connector) => json_response(200, &connector.to_json(&version)),
             None => error(
                 404,

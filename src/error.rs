@@ -23,6 +23,7 @@ use crate::batch::BatchError;
 use crate::body::BodyError;
 use crate::policy::PolicyError;
 use crate::proxy::{BoxError, UpstreamError};
+use crate::ratelimit::{RATELIMIT, RATELIMIT_POLICY, RateLimited};
 use crate::route::RouteError;
 
 /// Graph's per-request id header, set on every response.
@@ -56,6 +57,9 @@ pub enum GatewayError {
         /// Why it was refused.
         error: Box<GatewayError>,
     },
+    /// A quota is exhausted.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimited),
     /// The audit trail could not be written; nothing was forwarded.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -166,6 +170,16 @@ impl GatewayError {
                 Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
             }
             Self::Body(_) => Answer::new(StatusCode::BAD_REQUEST, "Request_BadRequest", Denied),
+            Self::RateLimit(limited) => {
+                let remaining = format!("\"{}\";r=0;t={}", limited.quota.as_str(), limited.retry_after_secs);
+                Answer::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", Denied)
+                    .header(RETRY_AFTER, HeaderValue::from(limited.retry_after_secs))
+                    .header(RATELIMIT_POLICY, limited.policy.clone())
+                    .header(
+                        RATELIMIT,
+                        HeaderValue::from_str(&remaining).unwrap_or_else(|_| HeaderValue::from_static("")),
+                    )
+            }
             Self::Batch(_) => Answer::new(StatusCode::BAD_REQUEST, "BadRequest", Denied),
             Self::InBatch { error, .. } => error.answer(),
             Self::Audit(_) => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", Failed)

@@ -30,6 +30,7 @@ use crate::future;
 use crate::metrics::{Metrics, MetricsLayer, MetricsService};
 use crate::policy::{Authorize, AuthorizeLayer, Rules};
 use crate::proxy::BoxError;
+use crate::ratelimit::{Limiter, RateLimit, RateLimitLayer};
 use crate::route::{Classify, ClassifyLayer, RouteGuard, RouteGuardLayer};
 use crate::trace::{AccessLog, DropInboundRequestId, MakeGuid, RequestSpan};
 
@@ -49,7 +50,8 @@ pub type GatewayBody<B> = tower_http::trace::ResponseBody<
 type Traced<S> = Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
 
 /// The policy stages inside the rescue edge, in the order of DESIGN.md.
-type Stages<S> = RecordDenials<RouteGuard<BatchPlanner<Authenticate<Authorize<ValidateBody<WriteAhead<Forward<S>>>>>>>>;
+type Stages<S> =
+    RecordDenials<RouteGuard<BatchPlanner<Authenticate<Authorize<ValidateBody<RateLimit<WriteAhead<Forward<S>>>>>>>>>;
 
 type Stack<S> = DropInboundRequestId<
     SetRequestId<
@@ -88,31 +90,70 @@ pub struct GatewayLayer {
     metrics: Arc<Metrics>,
     verifier: Arc<Verifier>,
     journal: AuditJournal,
+    limiter: Arc<Limiter>,
+}
+
+/// Why a gateway layer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The audit trail could not be opened.
+    #[error(transparent)]
+    Audit(#[from] OpenError),
+    /// The rate-limit backend could not be set up.
+    #[error("rate_limit.redis_url: {0}")]
+    RateLimit(#[from] crate::ratelimit::redis::RedisLimitError),
 }
 
 impl GatewayLayer {
     /// A gateway with the given configuration: opens the audit trail (continuing its chain) and
     /// prepares the key store, which loads once [`GatewayLayer::spawn_background`] runs.
-    pub fn new(config: &Config) -> Result<Self, OpenError> {
+    pub fn new(config: &Config) -> Result<Self, BuildError> {
         let connector = crate::proxy::https_connector(&config.upstream.extra_roots, config.upstream.connect_timeout);
         let keys = KeyStore::new(config.auth.key_source.clone(), connector, config.auth.unknown_kid_cooldown);
-        Ok(Self::with_parts(config, keys, AuditJournal::open(&config.audit)?))
+        Self::with_parts(config, keys, AuditJournal::open(&config.audit)?)
     }
 
     /// A gateway from parts made elsewhere: keys (e.g. [`KeyStore::fixed`]) and an open journal.
-    pub fn with_parts(config: &Config, keys: KeyStore, journal: AuditJournal) -> Self {
-        Self {
+    pub fn with_parts(config: &Config, keys: KeyStore, journal: AuditJournal) -> Result<Self, BuildError> {
+        let metrics = Arc::new(Metrics::default());
+        let limiter = Arc::new(Limiter::new(&config.rate_limit, metrics.clone())?);
+        Ok(Self {
             config: Arc::new(config.clone()),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             verifier: Arc::new(Verifier::new(&config.auth, keys)),
             journal,
-        }
+            limiter,
+        })
+    }
+
+    /// The rate limiter (memory, or Redis with its fallback).
+    pub fn limiter(&self) -> Arc<Limiter> {
+        self.limiter.clone()
     }
 
     /// Starts the background work: loading and refreshing signing keys. Call once, inside a
     /// tokio runtime; abort the handles to stop.
     pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![self.verifier.keys().spawn_refresh(self.config.auth.refresh_interval)]
+        let limiter = self.limiter.clone();
+        let evict = tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limiter.memory().evict_idle();
+            }
+        });
+        let mut tasks = vec![self.verifier.keys().spawn_refresh(self.config.auth.refresh_interval), evict];
+        if self.limiter.uses_redis() {
+            let limiter = self.limiter.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    limiter.probe().await;
+                }
+            }));
+        }
+        tasks
     }
 
     /// The checks behind `/readyz`.
@@ -125,6 +166,8 @@ impl GatewayLayer {
         );
         let journal = self.journal.clone();
         readiness.add("audit", Arc::new(move || journal.health()));
+        let limiter = self.limiter.clone();
+        readiness.add("rate_limit", Arc::new(move || limiter.health()));
         readiness
     }
 
@@ -170,6 +213,7 @@ impl<S> Layer<S> for GatewayLayer {
                 self.config.server.max_body_bytes,
                 self.config.policy.writable_properties.clone(),
             ))
+            .layer(RateLimitLayer::new(self.limiter.clone()))
             .layer(WriteAheadLayer::new(self.journal.clone()))
             .service(Forward { inner: upstream });
         GatewayService { inner }

@@ -19,9 +19,9 @@ use crate::server::{self, ListenerLimits};
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The audit trail could not be opened.
+    /// The gateway stack could not be built (audit trail, rate-limit backend).
     #[error(transparent)]
-    Audit(#[from] crate::audit::journal::OpenError),
+    Build(#[from] crate::gateway::BuildError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {

@@ -26,6 +26,7 @@ pub mod launch;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod simulator;

@@ -63,6 +63,7 @@ pub struct Metrics {
     requests: Vec<AtomicU64>,
     latency: [Histogram; CLASSES.len()],
     upstream_errors: [AtomicU64; UPSTREAM_ERRORS.len()],
+    redis_fallbacks: AtomicU64,
     started: Instant,
 }
 
@@ -78,6 +79,7 @@ impl Default for Metrics {
             requests: (0..CLASSES.len() * DECISIONS.len() * STATUSES).map(|_| AtomicU64::new(0)).collect(),
             latency: std::array::from_fn(|_| Histogram::new()),
             upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            redis_fallbacks: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -101,6 +103,11 @@ impl Metrics {
         if let Some(i) = UPSTREAM_ERRORS.iter().position(|k| *k == kind) {
             self.upstream_errors.get(i).map(|c| c.fetch_add(1, Relaxed));
         }
+    }
+
+    /// Counts one rate-limit decision made without Redis.
+    pub fn redis_fallback(&self) {
+        self.redis_fallbacks.fetch_add(1, Relaxed);
     }
 
     /// How many requests of this class, decision and status were counted.
@@ -159,6 +166,9 @@ impl Metrics {
         for (kind, counter) in UPSTREAM_ERRORS.iter().zip(&self.upstream_errors) {
             let _ = writeln!(out, "gateway_upstream_errors_total{{kind=\"{kind}\"}} {}", counter.load(Relaxed));
         }
+        out.push_str("# HELP gateway_ratelimit_redis_fallbacks_total Rate-limit decisions made without Redis.\n");
+        out.push_str("# TYPE gateway_ratelimit_redis_fallbacks_total counter\n");
+        let _ = writeln!(out, "gateway_ratelimit_redis_fallbacks_total {}", self.redis_fallbacks.load(Relaxed));
         out.push_str("# HELP gateway_uptime_seconds Seconds since the gateway started.\n");
         out.push_str("# TYPE gateway_uptime_seconds gauge\n");
         let _ = writeln!(out, "gateway_uptime_seconds {}", self.started.elapsed().as_secs());

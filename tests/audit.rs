@@ -235,7 +235,8 @@ async fn a_sigkill_under_load_loses_no_intent_and_the_chain_continues() {
     let simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), Faults::default()).await.unwrap();
     let dir = common::scratch_dir();
     let config_path = dir.join("gateway.toml");
-    std::fs::write(&config_path, common::config_text(&simulator, simulator.base_url(), "")).unwrap();
+    let unlimited = "\n#rest\n[rate_limit]\nper_principal = { rate = \"100000/s\", burst = 100000 }\nper_connector = { rate = \"100000/s\", burst = 100000 }\n";
+    std::fs::write(&config_path, common::config_text(&simulator, simulator.base_url(), unlimited)).unwrap();
     let token = simulator.mint(DEV_AUDIENCE, &Grant::Application { roles: vec![DEV_ROLE.into()] });
 
     let start = || {
@@ -277,7 +278,9 @@ async fn a_sigkill_under_load_loses_no_intent_and_the_chain_continues() {
         }));
     }
     // Let the load run, then kill the gateway without warning.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while simulator.received().len() < 200 {
+        assert!(std::time::Instant::now() < deadline, "the load never reached Graph");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().unwrap();

@@ -44,6 +44,9 @@ jwks_url = "{jwks}"
 audiences = ["{DEV_AUDIENCE}", "c0ffee00-0000-4000-8000-000000000001"]
 leeway = "60s"
 {auth_extra}
+[rate_limit]
+per_principal = {{ rate = "1000/s", burst = 1000 }}
+per_connector = {{ rate = "1000/s", burst = 1000 }}
 "#,
             base = simulator.base_url(),
             jwks = simulator.jwks_url(),

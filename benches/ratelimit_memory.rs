@@ -12,7 +12,10 @@ use governor::clock::FakeRelativeClock;
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0)))
+        })
         .unwrap_or(0)
 }
 
@@ -24,7 +27,8 @@ fn main() {
     let limiter = MemoryLimiter::with_clock(&quota, &quota, clock.clone());
     let before = rss_kib();
     for i in 0..keys {
-        limiter.decide(&format!("6b1d9e62-3c1a-4f7e-9a52-0c0ffee0c0de:{i:08x}-0000-4000-8000-000000000000"), "connector");
+        limiter
+            .decide(&format!("6b1d9e62-3c1a-4f7e-9a52-0c0ffee0c0de:{i:08x}-0000-4000-8000-000000000000"), "connector");
     }
     let loaded = rss_kib();
     let (principals, _) = limiter.tracked();
@@ -34,7 +38,8 @@ fn main() {
     let evicted = rss_kib();
     // A second million of new principals: with eviction, memory is reused, not added.
     for i in 0..keys {
-        limiter.decide(&format!("6b1d9e62-3c1a-4f7e-9a52-0c0ffee0c0de:{i:08x}-1111-4000-8000-000000000000"), "connector");
+        limiter
+            .decide(&format!("6b1d9e62-3c1a-4f7e-9a52-0c0ffee0c0de:{i:08x}-1111-4000-8000-000000000000"), "connector");
     }
     let second = rss_kib();
     clock.advance(Duration::from_secs(3600));
@@ -44,5 +49,8 @@ fn main() {
     println!("  RSS before: {before} KiB");
     println!("  RSS with {principals} keys tracked: {loaded} KiB (+{} KiB)", loaded.saturating_sub(before));
     println!("  RSS after eviction: {evicted} KiB (freed pages stay with the allocator for reuse)");
-    println!("  RSS with a second {keys} new principals: {second} KiB; after eviction: {second_evicted} KiB ({} keys left)", limiter.tracked().0);
+    println!(
+        "  RSS with a second {keys} new principals: {second} KiB; after eviction: {second_evicted} KiB ({} keys left)",
+        limiter.tracked().0
+    );
 }

@@ -32,6 +32,7 @@ use crate::policy::{Authorize, AuthorizeLayer, Rules};
 use crate::proxy::BoxError;
 use crate::ratelimit::{Limiter, RateLimit, RateLimitLayer};
 use crate::route::{Classify, ClassifyLayer, RouteGuard, RouteGuardLayer};
+use crate::step::{Step, StepLayer};
 use crate::trace::{AccessLog, DropInboundRequestId, MakeGuid, RequestSpan};
 
 /// The request body the upstream receives: a governed body the gateway buffered and validated
@@ -53,13 +54,14 @@ type Traced<S> = Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan,
 type Stages<S> =
     RecordDenials<RouteGuard<BatchPlanner<Authenticate<Authorize<ValidateBody<RateLimit<WriteAhead<Forward<S>>>>>>>>>;
 
-type Stack<S> = DropInboundRequestId<
+type Stack<S> = Step<
     SetRequestId<
         PropagateRequestId<
             SetRequestId<PropagateRequestId<Classify<Traced<MetricsService<Rescue<Stages<S>>>>>>, MakeGuid>,
         >,
         MakeRequestUuid,
     >,
+    DropInboundRequestId,
 >;
 
 /// The whole policy gateway as a layer around an upstream service.
@@ -187,12 +189,12 @@ impl<S> Layer<S> for GatewayLayer {
 
     fn layer(&self, upstream: S) -> Self::Service {
         let inner = tower::ServiceBuilder::new()
-            .layer(crate::trace::DropInboundRequestIdLayer)
+            .layer(StepLayer::new(DropInboundRequestId))
             .layer(tower_http::request_id::SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
             .layer(tower_http::request_id::PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(tower_http::request_id::SetRequestIdLayer::new(CLIENT_REQUEST_ID, MakeGuid))
             .layer(tower_http::request_id::PropagateRequestIdLayer::new(CLIENT_REQUEST_ID))
-            .layer(ClassifyLayer)
+            .layer(ClassifyLayer::new(crate::route::ClassifyRequest))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(RequestSpan)

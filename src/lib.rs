@@ -30,6 +30,7 @@ pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod simulator;
+pub mod step;
 pub mod trace;
 
 pub use config::Config;

@@ -337,42 +337,22 @@ fn match_connector(api_version: ApiVersion, tokens: &[Token]) -> Option<(Connect
     Some((target, tokens.len() > connector_at + 1))
 }
 
-/// Classifies every request and stores the [`Route`] in its extensions. Never fails.
+/// Classifies every request and stores the [`Route`] in its extensions. Never fails, so metrics
+/// and logs can label every request by its class.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ClassifyLayer;
+pub struct ClassifyRequest;
 
-impl<S> Layer<S> for ClassifyLayer {
-    type Service = Classify<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Classify { inner }
-    }
-}
-
-/// See [`ClassifyLayer`].
-#[derive(Debug, Clone)]
-pub struct Classify<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for Classify<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl crate::step::RequestStep for ClassifyRequest {
+    fn apply<B>(&self, request: &mut Request<B>) {
         let route = classify(request.method(), request.uri(), request.headers());
         request.extensions_mut().insert(route);
-        self.inner.call(request)
     }
 }
+
+/// The classification stage as a layer.
+pub type ClassifyLayer = crate::step::StepLayer<ClassifyRequest>;
+/// The classification stage as a service.
+pub type Classify<S> = crate::step::Step<S, ClassifyRequest>;
 
 /// Refuses what classification rejected, and non-connector traffic when policy says `deny`.
 #[derive(Debug, Clone, Copy)]

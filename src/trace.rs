@@ -6,11 +6,9 @@
 //! `client-request-id` is the caller's: kept when sent, assigned when missing, echoed back.
 //! Each request gets a span with its id and one `response` line when its head is sent.
 
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tower::{Layer, Service};
 use tower_http::request_id::{MakeRequestId, RequestId};
 use tower_http::trace::{MakeSpan, OnResponse};
 use tracing::Span;
@@ -20,37 +18,11 @@ use crate::route::{Route, RouteClass};
 
 /// Drops any inbound `request-id` header so the next layer assigns a fresh one.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DropInboundRequestIdLayer;
+pub struct DropInboundRequestId;
 
-impl<S> Layer<S> for DropInboundRequestIdLayer {
-    type Service = DropInboundRequestId<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DropInboundRequestId { inner }
-    }
-}
-
-/// See [`DropInboundRequestIdLayer`].
-#[derive(Debug, Clone)]
-pub struct DropInboundRequestId<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for DropInboundRequestId<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl crate::step::RequestStep for DropInboundRequestId {
+    fn apply<B>(&self, request: &mut Request<B>) {
         request.headers_mut().remove(REQUEST_ID);
-        self.inner.call(request)
     }
 }
 

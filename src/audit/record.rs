@@ -150,7 +150,7 @@ impl AuditRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn body(phase: Phase) -> RecordBody {

@@ -7,23 +7,11 @@ use super::*;
 use crate::config::{AuditConfig, FsyncMode};
 
 fn body(n: u64) -> RecordBody {
-    RecordBody {
-        time: format!("2026-12-03T18:04:{:02}.000Z", n % 60),
-        phase: Phase::Intent,
-        request_id: format!("r{n}"),
-        client_request_id: format!("c{n}"),
-        principal: None,
-        client_addr: None,
-        method: "PATCH".into(),
-        api_version: Some("beta".into()),
-        path: "/onPremisesPublishingProfiles/applicationProxy/connectors/abc".into(),
-        connector_id: Some("abc".into()),
-        changes: Some(serde_json::json!({"status": "inactive"})),
-        reason: None,
-        status: None,
-        graph_request_id: None,
-        duration_ms: None,
-    }
+    let mut body = super::record::tests::body(Phase::Intent);
+    body.time = format!("2026-12-03T18:04:{:02}.000Z", n % 60);
+    body.request_id = format!("r{n}");
+    body.client_request_id = format!("c{n}");
+    body
 }
 
 fn config(path: &Path, fsync: FsyncMode, rotate_bytes: Option<u64>) -> AuditConfig {

@@ -7,6 +7,8 @@
 # A measurement, not a test: it exits non-zero only when setting up fails.
 #
 #   bash benches/load.sh            # ROUNDS=3 DURATION=10s by default
+#   TARGETS=gateway:18084 FSYNC=off bash benches/load.sh   # one target; audit.fsync for diagnosis
+#   PERF=/tmp/gw.data bash benches/load.sh   # also samples the gateway with perf (linux-perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -96,7 +98,7 @@ per_principal = { rate = "1000000/s", burst = 1000000 }
 per_connector = { rate = "1000000/s", burst = 1000000 }
 [audit]
 path = "audit.jsonl"
-fsync = "batch"
+fsync = "${FSYNC:-batch}"
 GATEWAY
 RUST_LOG=warn ./target/release/connector-gateway serve --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" & GATEWAY_PID=$!; PIDS+=($GATEWAY_PID)
 
@@ -126,9 +128,13 @@ RSS_START=$(rss)
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms/,"",v); print v } else { sub(/s/,"",v); print v*1000 } }'; }
 declare -A RPS P50 P99 ERR
 for round in $(seq "$ROUNDS"); do
-  for target in nginx:18082 haproxy-jwt:18083 gateway:18084; do
+  for target in ${TARGETS:-nginx:18082 haproxy-jwt:18083 gateway:18084}; do
     name=${target%%:*}; port=${target##*:}
+    if [ -n "${PERF:-}" ] && [ "$name" = gateway ]; then
+      perf record -q -e cpu-clock -F 499 ${PERF_CALLGRAPH:--g} -p "$GATEWAY_PID" -o "$PERF" 2>/dev/null & PERF_PID=$!
+    fi
     out=$(wrk -t2 -c32 -d"$DURATION" --latency -s "$WORK/patch.lua" "http://127.0.0.1:$port")
+    if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=; fi
     RPS[$name]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
     P50[$name]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) "
     P99[$name]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
@@ -141,9 +147,11 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 echo
 echo "$(date -u +%Y-%m-%d) $(nproc) cores, $(uname -m); wrk -t2 -c32 -d$DURATION, $ROUNDS rounds, medians"
 printf '%-12s %12s %10s %10s %10s\n' target req/s p50-ms p99-ms non-2xx
-for name in nginx haproxy-jwt gateway; do
+NAMES=$(for t in ${TARGETS:-nginx haproxy-jwt gateway}; do echo -n "${t%%:*} "; done)
+for name in $NAMES; do
   printf '%-12s %12s %10s %10s %10s\n' "$name" "$(echo ${RPS[$name]} | median)" "$(echo ${P50[$name]} | median)" "$(echo ${P99[$name]} | median)" "${ERR[$name]}"
 done
+[ "$NAMES" = "nginx haproxy-jwt gateway " ] || exit 0
 g=$(echo ${RPS[gateway]} | median); n=$(echo ${RPS[nginx]} | median); h=$(echo ${RPS[haproxy-jwt]} | median)
 gp=$(echo ${P99[gateway]} | median); np=$(echo ${P99[nginx]} | median)
 echo "gateway/nginx throughput: $(awk -v a="$g" -v b="$n" 'BEGIN {printf "%.2f", a/b}')x; gateway/haproxy-jwt: $(awk -v a="$g" -v b="$h" 'BEGIN {printf "%.2f", a/b}')x; p99 gateway/nginx: $(awk -v a="$gp" -v b="$np" 'BEGIN {printf "%.2f", a/b}')x"

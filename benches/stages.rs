@@ -1,5 +1,7 @@
-//! Per-stage costs, so a regression can be located: route classification and body validation
-//! and token verification (first sight and cached) (more stages join as they land). Run: `cargo bench --bench stages`.
+//! Per-stage costs, so a regression can be located: route classification, body validation, token
+//! verification (first sight and cached), the rate-limit decision, the audit append (enqueue and
+//! durable ack), and the whole in-process stack around an in-memory upstream.
+//! Run: `cargo bench --bench stages` (`cargo bench --bench stages -- stack` for one group).
 
 use std::hint::black_box;
 
@@ -95,6 +97,7 @@ fn audit(c: &mut Criterion) {
         status: None,
         graph_request_id: None,
         duration_ms: None,
+        upstream_credential: None,
     };
     let mut group = c.benchmark_group("audit");
     for (name, fsync) in [("batch", FsyncMode::Batch), ("off", FsyncMode::Off)] {
@@ -118,5 +121,82 @@ fn audit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route, body, auth, audit);
+fn ratelimit(c: &mut Criterion) {
+    use connector_gateway::metrics::Metrics;
+    use connector_gateway::ratelimit::Limiter;
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = connector_gateway::Config::from_toml(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[auth]\njwks_file = \"k\"\naudiences = [\"api://gw\"]\n[rate_limit]\nper_principal = { rate = \"1000000000/s\", burst = 1000000000 }\nper_connector = { rate = \"1000000000/s\", burst = 1000000000 }\n",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let limiter = Limiter::new(&config.rate_limit, std::sync::Arc::new(Metrics::default())).unwrap();
+    let one = [("tenant/0a1b2c3d-0000-4000-8000-0000000000a1".to_owned(), ID.to_owned())];
+    let mut group = c.benchmark_group("ratelimit");
+    // Two GCRA decisions (principal, connector) on warm keys, and the remaining-quota header.
+    group.bench_function("decide_memory_warm_keys", |b| {
+        b.to_async(&runtime).iter(|| async { assert!(limiter.decide_all(black_box(&one)).await.is_ok()) })
+    });
+    group.finish();
+}
+
+/// The whole gateway stack in process, around an upstream that answers at once: a regression in
+/// any stage, or in how they are put together, shows here.
+fn stack(c: &mut Criterion) {
+    use bytes::Bytes;
+    use connector_gateway::audit::AuditJournal;
+    use connector_gateway::auth::KeyStore;
+    use connector_gateway::auth::keys::parse_jwks;
+    use connector_gateway::simulator::entra::{DEV_AUDIENCE, DEV_ROLE, DevKey, Grant, access_token_claims};
+    use connector_gateway::{ForwardBody, GatewayLayer};
+    use http_body_util::{BodyExt, Full};
+    use serde_json::json;
+    use tower::{Layer, ServiceExt};
+
+    connector_gateway::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = DevKey::generate("bench").unwrap();
+    let base = "https://issuer.test";
+    let token = format!(
+        "Bearer {}",
+        key.sign(
+            &json!({}),
+            &access_token_claims(base, DEV_AUDIENCE, "app", &Grant::Application { roles: vec![DEV_ROLE.into()] })
+        )
+    );
+    let path = format!("/beta/onPremisesPublishingProfiles/applicationProxy/connectors/{ID}");
+    let mut group = c.benchmark_group("stack");
+    for fsync in ["off", "batch"] {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[auth]\njwks_file = \"k\"\nissuers = [\"{base}/{{tenantid}}/v2.0\"]\naudiences = [\"{DEV_AUDIENCE}\"]\n[rate_limit]\nper_principal = {{ rate = \"1000000000/s\", burst = 1000000000 }}\nper_connector = {{ rate = \"1000000000/s\", burst = 1000000000 }}\n[audit]\npath = \"{fsync}.jsonl\"\nfsync = \"{fsync}\"\n"
+        );
+        let config = connector_gateway::Config::from_toml(&text, dir.path()).unwrap();
+        let keys = KeyStore::fixed(parse_jwks(json!({"keys": [key.jwk()]}).to_string().as_bytes(), 1).unwrap());
+        let journal = runtime.block_on(async { AuditJournal::open(&config.audit) }).unwrap();
+        let layer = GatewayLayer::with_parts(&config, keys, journal).unwrap();
+        let upstream = tower::service_fn(|_request: http::Request<ForwardBody<Full<Bytes>>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                br#"{"status":"inactive"}"#,
+            ))))
+        });
+        let service = layer.layer(upstream);
+        group.bench_function(format!("connector_patch_fsync_{fsync}"), |b| {
+            b.to_async(&runtime).iter(|| async {
+                let request = http::Request::patch(path.as_str())
+                    .header("authorization", token.as_str())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(br#"{"status":"inactive"}"#)))
+                    .unwrap();
+                let response = service.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+                black_box(response.into_body().collect().await.unwrap());
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, route, body, auth, ratelimit, audit, stack);
 criterion_main!(benches);

@@ -12,9 +12,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{Config, KeySource};
+use crate::config::Config;
 use crate::launch::{self, RunningGateway};
-use crate::simulator::{Faults, Simulator, entra};
+use crate::simulator::{Faults, Simulator, entra, token};
 
 /// The demo configuration, embedded so `demo` runs from any directory.
 pub const LOCAL_CONFIG: &str = include_str!("../config/local.toml");
@@ -80,11 +80,19 @@ fn audit_path() -> std::path::PathBuf {
 /// Points the embedded config at the running simulator and at free ports where the usual ones
 /// are busy.
 fn demo_config(simulator: &Simulator, ephemeral: bool) -> Result<Config, String> {
-    let mut config = Config::from_toml(LOCAL_CONFIG, Path::new(".")).map_err(|e| e.to_string())?;
-    config.upstream.url = simulator.base_url().parse().map_err(|_| "bad simulator URL".to_owned())?;
-    config.auth.key_source =
-        KeySource::OpenIdConfiguration(simulator.openid_configuration_url().parse().map_err(|_| "bad URL".to_owned())?);
-    config.auth.issuers = vec![format!("{}/{{tenantid}}/v2.0", simulator.base_url())];
+    // The embedded config names the simulator's usual address and the dev credential's files
+    // beside it; the demo writes those files into its own directory and points every URL at
+    // wherever the simulator really listens.
+    let dir = audit_path().parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+    let dev = dir.join("dev");
+    std::fs::create_dir_all(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+    for (name, text) in
+        [("simulator-client.crt", token::DEV_CERTIFICATE_PEM), ("simulator-client.key", token::DEV_PRIVATE_KEY_PEM)]
+    {
+        std::fs::write(dev.join(name), text).map_err(|e| format!("{}: {e}", dev.join(name).display()))?;
+    }
+    let text = LOCAL_CONFIG.replace("http://127.0.0.1:8081", simulator.base_url());
+    let mut config = Config::from_toml(&text, &dir).map_err(|e| e.to_string())?;
     config.audit.path = audit_path();
     if ephemeral {
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -143,6 +151,18 @@ impl Tour {
     }
 }
 
+/// The `aud` of a bearer token, read without verifying (for display only).
+pub fn token_audience(authorization: &str) -> String {
+    use base64::Engine;
+    authorization
+        .strip_prefix("Bearer ")
+        .and_then(|t| t.split('.').nth(1))
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|claims| claims["aud"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "(none)".into())
+}
+
 fn shorten(text: &str) -> String {
     if text.len() > 300 { format!("{}...", text.get(..300).unwrap_or(text)) } else { text.to_owned() }
 }
@@ -196,6 +216,19 @@ pub async fn run(once: bool) -> Result<bool, String> {
     if !changed {
         tour.failures += 1;
     }
+    let upstream_token = simulator
+        .received()
+        .last()
+        .and_then(|r| r.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let audience = crate::demo::token_audience(&upstream_token);
+    println!(
+        "   Graph received the gateway's own app token (aud {audience}), not the caller's (aud {}): upstream.credential = \"client_credentials\"",
+        entra::DEV_AUDIENCE
+    );
+    if upstream_token == bearer || audience != "https://graph.microsoft.com" {
+        tour.failures += 1;
+    }
     let json_only = [("content-type", "application/json")];
     let active = r#"{"status":"active"}"#;
     let denied_401 = "Denied: no token (401, never forwarded)";
@@ -232,7 +265,7 @@ pub async fn run(once: bool) -> Result<bool, String> {
     )
     .await;
     tour.step(
-        "Other Graph traffic passes through (policy.other_requests = forward)",
+        "Other Graph traffic: the caller is verified, Graph gets the gateway's credential (other_requests = forward)",
         Method::GET,
         &format!("{gw}/v1.0/onPremisesPublishingProfiles/applicationProxy/connectors"),
         &[("authorization", bearer.as_str())],

@@ -21,6 +21,7 @@ use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::batch::BatchError;
 use crate::body::BodyError;
+use crate::credential::{CallerFault, CredentialError};
 use crate::policy::PolicyError;
 use crate::proxy::{BoxError, UpstreamError};
 use crate::ratelimit::{RATELIMIT, RATELIMIT_POLICY, RateLimited};
@@ -60,6 +61,9 @@ pub enum GatewayError {
     /// A quota is exhausted.
     #[error(transparent)]
     RateLimit(#[from] RateLimited),
+    /// No Graph token could be had for the request; nothing was forwarded.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     /// The audit trail could not be written; nothing was forwarded.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -184,6 +188,21 @@ impl GatewayError {
             Self::InBatch { error, .. } => error.answer(),
             Self::Audit(_) => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", Failed)
                 .header(RETRY_AFTER, HeaderValue::from_static("5")),
+            Self::Credential(error) => match error.caller_fault() {
+                Some(CallerFault::TokenRejected) => {
+                    Answer::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", Denied).header(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static(
+                            "Bearer error=\"invalid_token\", error_description=\"the token cannot be exchanged for a Graph token\"",
+                        ),
+                    )
+                }
+                Some(CallerFault::ActionRequired) => {
+                    Answer::new(StatusCode::FORBIDDEN, "Authorization_RequestDenied", Denied)
+                }
+                None => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", Failed)
+                    .header(RETRY_AFTER, HeaderValue::from_static("5")),
+            },
             Self::Upstream(UpstreamError::Timeout(_)) => {
                 Answer::new(StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", Failed)
             }
@@ -222,6 +241,9 @@ impl GatewayError {
         let message = match &self {
             Self::Upstream(UpstreamError::Connect(_)) => "the upstream could not be reached".to_owned(),
             Self::Upstream(UpstreamError::Broken(_)) => "the upstream connection failed".to_owned(),
+            Self::Credential(CredentialError::Unavailable(_)) => {
+                "the gateway could not obtain its Graph token; try again later".to_owned()
+            }
             other => other.to_string(),
         };
         let mut response = graph_error(answer.status, answer.code, &message, ids);

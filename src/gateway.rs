@@ -4,7 +4,7 @@
 //! ```text
 //! request ids -> classify -> trace -> metrics -> rescue (errors, timeout)
 //!   -> record denials -> route guard -> authenticate -> authorize -> validate body
-//!   -> write-ahead audit -> forward
+//!   -> rate limit -> upstream credential -> write-ahead audit -> forward
 //! ```
 
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::auth::{Authenticate, AuthenticateLayer, KeyStore, Verifier};
 use crate::batch::{BatchPlanLayer, BatchPlanner};
 use crate::body::{ValidateBody, ValidateBodyLayer};
 use crate::config::Config;
+use crate::credential::{AttachCredential, CredentialProvider, UpstreamCredentialLayer};
 use crate::error::{CLIENT_REQUEST_ID, GatewayError, REQUEST_ID, Rescue, RescueLayer};
 use crate::future;
 use crate::metrics::{Metrics, MetricsLayer, MetricsService};
@@ -51,8 +52,11 @@ pub type GatewayBody<B> = tower_http::trace::ResponseBody<
 type Traced<S> = Trace<S, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), AccessLog, (), (), ()>;
 
 /// The policy stages inside the rescue edge, in the order of DESIGN.md.
-type Stages<S> =
-    RecordDenials<RouteGuard<BatchPlanner<Authenticate<Authorize<ValidateBody<RateLimit<WriteAhead<Forward<S>>>>>>>>>;
+type Stages<S> = RecordDenials<
+    RouteGuard<
+        BatchPlanner<Authenticate<Authorize<ValidateBody<RateLimit<AttachCredential<WriteAhead<Forward<S>>>>>>>>,
+    >,
+>;
 
 type Stack<S> = Step<
     SetRequestId<
@@ -93,6 +97,7 @@ pub struct GatewayLayer {
     verifier: Arc<Verifier>,
     journal: AuditJournal,
     limiter: Arc<Limiter>,
+    credential: Option<Arc<CredentialProvider>>,
 }
 
 /// Why a gateway layer could not be built.
@@ -123,9 +128,15 @@ impl GatewayLayer {
             config: Arc::new(config.clone()),
             metrics,
             verifier: Arc::new(Verifier::new(&config.auth, keys)),
-            journal,
+            journal: journal.with_credential(&config.upstream.credential),
             limiter,
+            credential: CredentialProvider::from_config(&config.upstream),
         })
+    }
+
+    /// Where the gateway's own Graph tokens come from (`None` in passthrough mode).
+    pub fn credential(&self) -> Option<Arc<CredentialProvider>> {
+        self.credential.clone()
     }
 
     /// The rate limiter (memory, or Redis with its fallback).
@@ -145,6 +156,9 @@ impl GatewayLayer {
             }
         });
         let mut tasks = vec![self.verifier.keys().spawn_refresh(self.config.auth.refresh_interval), evict];
+        if let Some(CredentialProvider::ClientCredentials(source)) = self.credential.as_deref() {
+            tasks.push(source.spawn_renewal());
+        }
         if self.limiter.uses_redis() {
             let limiter = self.limiter.clone();
             tasks.push(tokio::spawn(async move {
@@ -170,6 +184,10 @@ impl GatewayLayer {
         readiness.add("audit", Arc::new(move || journal.health()));
         let limiter = self.limiter.clone();
         readiness.add("rate_limit", Arc::new(move || limiter.health()));
+        if let Some(CredentialProvider::ClientCredentials(source)) = self.credential.as_deref() {
+            let source = source.clone();
+            readiness.add("upstream_credential", Arc::new(move || source.health()));
+        }
         readiness
     }
 
@@ -209,13 +227,14 @@ impl<S> Layer<S> for GatewayLayer {
             .layer(RecordDenialsLayer::new(self.journal.clone()))
             .layer(RouteGuardLayer::new(self.config.policy.other_requests))
             .layer(BatchPlanLayer::new(self.config.server.max_body_bytes, self.config.policy.other_requests))
-            .layer(AuthenticateLayer::new(self.verifier.clone()))
+            .layer(AuthenticateLayer::new(self.verifier.clone()).every_request(self.credential.is_some()))
             .layer(AuthorizeLayer::new(Rules::new(&self.config.policy, &self.config.auth)))
             .layer(ValidateBodyLayer::new(
                 self.config.server.max_body_bytes,
                 self.config.policy.writable_properties.clone(),
             ))
             .layer(RateLimitLayer::new(self.limiter.clone()))
+            .layer(UpstreamCredentialLayer::new(self.credential.clone()))
             .layer(WriteAheadLayer::new(self.journal.clone()))
             .service(Forward { inner: upstream });
         GatewayService { inner }

@@ -88,6 +88,11 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     if let Err(error) = layer.verifier().keys().refresh().await {
         tracing::warn!(%error, "signing keys could not be loaded at start; retrying in the background");
     }
+    if let Some(crate::credential::CredentialProvider::ClientCredentials(source)) = layer.credential().as_deref() {
+        if let Err(error) = source.renew().await {
+            tracing::warn!(%error, "no Graph app token at start; retrying in the background");
+        }
+    }
     let background = layer.spawn_background();
     let service = tower::Layer::layer(&layer, Proxy::<ForwardBody<Incoming>>::new(&config.upstream));
 

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod batch;
 pub mod body;
 pub mod config;
+pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod future;

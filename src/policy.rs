@@ -51,12 +51,18 @@ impl Rules {
         }
     }
 
-    /// Decides for one principal.
-    pub fn check(&self, principal: &Principal) -> Result<(), PolicyError> {
+    /// Whether the principal's tenant may use the gateway at all.
+    pub fn check_tenant(&self, principal: &Principal) -> Result<(), PolicyError> {
         if !self.allowed_tenants.is_empty() && !self.allowed_tenants.contains(&principal.tenant_id.to_ascii_lowercase())
         {
             return Err(PolicyError::TenantNotAllowed { tenant_id: principal.tenant_id.clone() });
         }
+        Ok(())
+    }
+
+    /// Decides for one principal: tenant, then permission to write connectors.
+    pub fn check(&self, principal: &Principal) -> Result<(), PolicyError> {
+        self.check_tenant(principal)?;
         let (granted, required) = match principal.kind {
             PrincipalKind::Delegated => (&principal.scopes, &self.delegated_scopes),
             PrincipalKind::Application => (&principal.roles, &self.application_roles),
@@ -119,6 +125,12 @@ where
             };
             if let Err(error) = decision {
                 return ResponseFuture::rejected(error);
+            }
+        } else if let Some(principal) = request.extensions().get::<Principal>() {
+            // Authenticated although not governed (the gateway calls Graph with its own
+            // credential): only the tenant allowlist applies.
+            if let Err(error) = self.rules.check_tenant(principal) {
+                return ResponseFuture::rejected(error.into());
             }
         }
         ResponseFuture::future(self.inner.call(request))

@@ -61,6 +61,7 @@ struct Health {
 pub struct AuditJournal {
     sender: mpsc::Sender<(RecordBody, Ack)>,
     health: Arc<Health>,
+    credential: Option<super::AuditCredential>,
 }
 
 /// Where the chain stands: the last record's seq and hash.
@@ -263,12 +264,19 @@ impl AuditJournal {
             .name("audit-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| fail(&config.path, e))?;
-        Ok(Self { sender, health })
+        Ok(Self { sender, health, credential: None })
+    }
+
+    /// A handle that stamps `upstream_credential` on every record it writes.
+    pub fn with_credential(mut self, credential: &crate::config::UpstreamCredential) -> Self {
+        self.credential = Some(credential.into());
+        self
     }
 
     /// Appends a record and waits until it is written (and synced, per `audit.fsync`).
     /// Returns its seq.
-    pub async fn append(&self, body: RecordBody) -> Result<u64, AuditError> {
+    pub async fn append(&self, mut body: RecordBody) -> Result<u64, AuditError> {
+        self.stamp(&mut body);
         let (ack, done) = oneshot::channel();
         self.sender.send((body, ack)).await.map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
@@ -336,8 +344,15 @@ impl std::future::Future for Append {
 }
 
 impl AuditJournal {
+    fn stamp(&self, body: &mut RecordBody) {
+        if body.upstream_credential.is_none() {
+            body.upstream_credential.clone_from(&self.credential);
+        }
+    }
+
     /// Like [`AuditJournal::append`], as a nameable future that allocates only when the queue is full.
-    pub fn submit(&self, body: RecordBody) -> Append {
+    pub fn submit(&self, mut body: RecordBody) -> Append {
+        self.stamp(&mut body);
         let (ack, done) = oneshot::channel();
         let state = match self.sender.try_send((body, ack)) {
             Ok(()) => AppendState::Acked(done),

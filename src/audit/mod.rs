@@ -3,7 +3,8 @@
 //! Every governed request yields either one `denied` record, or an `intent` record that is durable
 //! (per `audit.fsync`) *before* the upstream sees the request, followed by an `outcome` record.
 //! Two stages do this: [`RecordDenialsLayer`] sits outside every stage that can refuse and records
-//! each refusal with whatever principal and changes were known; [`WriteAheadLayer`] sits just
+//! each refusal (a policy denial, or a failure before the intent such as keys or the Graph
+//! credential being unavailable) with whatever principal and changes were known; [`WriteAheadLayer`] sits just
 //! before forwarding and writes intent, then outcome. If the intent cannot be written the request
 //! gets 503 and is not forwarded. Records never hold a token, a signature or a secret.
 
@@ -12,7 +13,7 @@ pub mod record;
 pub mod verify;
 
 pub use journal::{AuditError, AuditJournal};
-pub use record::{AuditPrincipal, AuditRecord, Phase, RecordBody};
+pub use record::{AuditCredential, AuditPrincipal, AuditRecord, Phase, RecordBody};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +31,7 @@ use tower::{Layer, Service};
 use crate::auth::Principal;
 use crate::batch::{BatchPlan, InnerWrite, inner_statuses};
 use crate::body::ConnectorPatch;
-use crate::error::{CLIENT_REQUEST_ID, Decision, GatewayError, REQUEST_ID};
+use crate::error::{CLIENT_REQUEST_ID, GatewayError, REQUEST_ID};
 use crate::route::{Route, RouteClass};
 use crate::server::ClientAddr;
 
@@ -41,6 +42,8 @@ pub struct AuditContext {
     principal: OnceLock<AuditPrincipal>,
     changes: OnceLock<serde_json::Value>,
     batch: OnceLock<BatchPlan>,
+    /// Set once the intent records are durable: from then on the outcome records tell the story.
+    intent_written: OnceLock<()>,
 }
 
 /// Notes a batch's inner connector writes for possible later denial records.
@@ -109,6 +112,7 @@ fn draft<B>(request: &Request<B>, phase: Phase) -> RecordBody {
         status: None,
         graph_request_id: None,
         duration_ms: None,
+        upstream_credential: None,
     }
 }
 
@@ -192,11 +196,16 @@ where
             let next = match self.as_mut().project() {
                 DenialProjection::Inner { inner, pending } => {
                     let result = ready!(inner.poll(cx));
+                    // Every refusal before the intent was written gets its record: policy denials,
+                    // and failures such as keys or the Graph credential being unavailable.
                     let error = match result {
-                        Err(error) if error.decision() == Decision::Denied => error,
-                        other => return Poll::Ready(other),
+                        Err(error) => error,
+                        ok => return Poll::Ready(ok),
                     };
                     let Some((mut body, context, journal)) = pending.take() else { return Poll::Ready(Err(error)) };
+                    if context.intent_written.get().is_some() {
+                        return Poll::Ready(Err(error));
+                    }
                     body.time = now_rfc3339();
                     body.principal = body.principal.or_else(|| context.principal.get().cloned());
                     body.changes = body.changes.or_else(|| context.changes.get().cloned());
@@ -398,6 +407,9 @@ where
                     if let Err(error) = written {
                         guards.iter_mut().for_each(|g| g.body = None); // nothing forwarded, no outcome owed
                         return Poll::Ready(Err(GatewayError::Audit(error)));
+                    }
+                    if let Some(context) = request.extensions().get::<Arc<AuditContext>>() {
+                        let _ = context.intent_written.set(());
                     }
                     WriteAheadFuture::Forwarding { inner: inner.call(request), owed: Some(guards) }
                 }

@@ -53,6 +53,22 @@ impl From<&crate::auth::Principal> for AuditPrincipal {
     }
 }
 
+/// How the gateway authenticated to Graph for this request: `upstream.credential` and the app
+/// registration it used (`null` in passthrough mode, where the caller's own token went upstream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCredential {
+    /// `passthrough`, `client_credentials` or `on_behalf_of`.
+    pub mode: String,
+    /// The gateway app's client id.
+    pub app_id: Option<String>,
+}
+
+impl From<&crate::config::UpstreamCredential> for AuditCredential {
+    fn from(credential: &crate::config::UpstreamCredential) -> Self {
+        Self { mode: credential.mode().to_owned(), app_id: credential.app().map(|app| app.client_id.clone()) }
+    }
+}
+
 /// The content of a record, before the journal gives it its place in the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordBody {
@@ -86,6 +102,8 @@ pub struct RecordBody {
     pub graph_request_id: Option<String>,
     /// Time from intent to the upstream's answer (outcome).
     pub duration_ms: Option<u64>,
+    /// The credential the gateway used (or would have used) upstream; the journal stamps it.
+    pub upstream_credential: Option<AuditCredential>,
 }
 
 /// A record as stored: `seq`, the body's fields, `prev_hash`, `hash`.
@@ -170,6 +188,10 @@ pub(crate) mod tests {
             status: None,
             graph_request_id: None,
             duration_ms: None,
+            upstream_credential: Some(AuditCredential {
+                mode: "client_credentials".into(),
+                app_id: Some("app".into()),
+            }),
         }
     }
 
@@ -194,6 +216,7 @@ pub(crate) mod tests {
             "\"status\":null",
             "\"graph_request_id\"",
             "\"duration_ms\"",
+            "\"upstream_credential\":{\"mode\":\"client_credentials\",\"app_id\":\"app\"}",
             "\"prev_hash\"",
             "\"hash\"",
         ];

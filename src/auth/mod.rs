@@ -119,16 +119,25 @@ pub fn bearer_token<B>(request: &Request<B>) -> Result<&str, AuthError> {
     }
 }
 
-/// Verifies the caller's token on governed requests. See the [module docs](self).
+/// Verifies the caller's token on governed requests (on every request with
+/// [`AuthenticateLayer::every_request`]). See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct AuthenticateLayer {
     verifier: Arc<Verifier>,
+    every_request: bool,
 }
 
 impl AuthenticateLayer {
-    /// Authentication with `verifier`.
+    /// Authentication of governed requests with `verifier`.
     pub fn new(verifier: Arc<Verifier>) -> Self {
-        Self { verifier }
+        Self { verifier, every_request: false }
+    }
+
+    /// Also authenticates requests that are not connector writes: needed when the gateway calls
+    /// Graph with its own credential, which it must never lend to an unverified caller.
+    pub fn every_request(mut self, every_request: bool) -> Self {
+        self.every_request = every_request;
+        self
     }
 }
 
@@ -136,7 +145,7 @@ impl<S> Layer<S> for AuthenticateLayer {
     type Service = Authenticate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticate { inner, verifier: self.verifier.clone() }
+        Authenticate { inner, verifier: self.verifier.clone(), every_request: self.every_request }
     }
 }
 
@@ -145,6 +154,7 @@ impl<S> Layer<S> for AuthenticateLayer {
 pub struct Authenticate<S> {
     inner: S,
     verifier: Arc<Verifier>,
+    every_request: bool,
 }
 
 impl<S, B> Service<Request<B>> for Authenticate<S>
@@ -161,7 +171,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let governed = crate::route::is_governed(request.extensions());
-        if !governed {
+        if !governed && !self.every_request {
             return ResponseFuture::Forwarding { inner: self.inner.call(request) };
         }
         let verdict = match bearer_token(&request) {

@@ -1,13 +1,15 @@
 //! Typed, validated configuration. The TOML file (layout in DESIGN.md, keys in the README) is read
-//! once at start-up and turned into these types through `TryFrom`; a bad value fails the start with
+//! once at start-up and turned into these types (`Config::build`); a bad value fails the start with
 //! the key's name, and nothing is parsed per request.
 //!
 //! Relative paths (TLS files, `ca_file`, `jwks_file`, the audit path) are resolved against the
 //! directory of the configuration file, so a config works whatever directory the gateway starts in.
 
+mod credential;
 mod raw;
 mod values;
 
+pub use credential::{ClientAuth, EntraApp, EnvLookup, UpstreamCredential, thumbprint_s256};
 pub use values::{Rate, parse_duration, parse_rate};
 
 use std::net::SocketAddr;
@@ -82,13 +84,6 @@ pub struct ServerConfig {
 pub struct AdminConfig {
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
     pub listen: SocketAddr,
-}
-
-/// How the gateway authenticates to the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamCredential {
-    /// Forward the caller's `Authorization` header as is.
-    Passthrough,
 }
 
 /// `[upstream]`.
@@ -266,12 +261,18 @@ impl Config {
 
     /// Parses configuration text; relative paths resolve against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml_with_env(text, base_dir, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_toml`], with `env` standing in for the process environment (where
+    /// `upstream.entra.client_secret_env` is looked up).
+    pub fn from_toml_with_env(text: &str, base_dir: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let message = e.message().to_owned();
             let key = unknown_key_context(&e, text);
             ConfigError::new(key, message)
         })?;
-        Config::try_from((raw, base_dir))
+        Config::build(raw, base_dir, env)
     }
 }
 
@@ -294,10 +295,8 @@ fn unknown_key_context(error: &toml::de::Error, text: &str) -> String {
     if key.is_empty() || key.contains('\n') { table.to_owned() } else { format!("{table}.{key}") }
 }
 
-impl TryFrom<(RawConfig, &Path)> for Config {
-    type Error = ConfigError;
-
-    fn try_from((raw, base): (RawConfig, &Path)) -> Result<Self, ConfigError> {
+impl Config {
+    fn build(raw: RawConfig, base: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             server: server(raw.server, base)?,
             admin: AdminConfig {
@@ -306,6 +305,7 @@ impl TryFrom<(RawConfig, &Path)> for Config {
             upstream: upstream(
                 raw.upstream.ok_or_else(|| ConfigError::new("upstream", "the [upstream] table is required"))?,
                 base,
+                env,
             )?,
             auth: auth(raw.auth.ok_or_else(|| ConfigError::new("auth", "the [auth] table is required"))?, base)?,
             policy: policy(raw.policy)?,
@@ -378,7 +378,7 @@ fn tls_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Co
     Ok(config)
 }
 
-fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
+fn upstream(raw: RawUpstream, base: &Path, env: EnvLookup<'_>) -> Result<UpstreamConfig, ConfigError> {
     let text = raw.url.as_deref().unwrap_or("https://graph.microsoft.com");
     let url: Uri = text.parse().map_err(|_| ConfigError::new("upstream.url", format!("`{text}` is not a URL")))?;
     match (url.scheme_str(), url.authority()) {
@@ -403,12 +403,7 @@ fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError
             roots
         }
     };
-    let credential = match raw.credential.as_deref().unwrap_or("passthrough") {
-        "passthrough" => UpstreamCredential::Passthrough,
-        other => {
-            return Err(ConfigError::new("upstream.credential", format!("`{other}` is not one of: passthrough")));
-        }
-    };
+    let credential = credential::upstream_credential(raw.credential.as_deref(), raw.entra, base, env)?;
     Ok(UpstreamConfig {
         url,
         connect_timeout: duration("upstream.connect_timeout", raw.connect_timeout.as_deref(), "3s")?,

@@ -48,6 +48,19 @@ pub struct RawUpstream {
     pub timeout: Option<String>,
     pub ca_file: Option<String>,
     pub credential: Option<String>,
+    pub entra: Option<RawEntra>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntra {
+    pub authority: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub certificate_file: Option<String>,
+    pub private_key_file: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

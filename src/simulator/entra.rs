@@ -1,5 +1,5 @@
 //! The Entra side of the simulator: a dev RSA key generated at start, its JWKS, OpenID discovery,
-//! and a token endpoint (client credentials) that signs realistic v2.0 access tokens.
+//! and realistic v2.0 access tokens (the token endpoint itself is in [`super::token`]).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -92,15 +92,20 @@ pub fn issuer(base: &str, tenant: &str) -> String {
     format!("{base}/{tenant}/v2.0")
 }
 
-/// Claims of a realistic v2.0 access token for `audience`.
+/// Claims of a realistic v2.0 access token for `audience`, valid for an hour.
 pub fn access_token_claims(base: &str, audience: &str, client_id: &str, grant: &Grant) -> Value {
+    access_token_claims_for(base, audience, client_id, grant, 3599)
+}
+
+/// Like [`access_token_claims`], valid for `lifetime` seconds.
+pub fn access_token_claims_for(base: &str, audience: &str, client_id: &str, grant: &Grant, lifetime: u64) -> Value {
     let now = now();
     let mut claims = json!({
         "aud": audience,
         "iss": issuer(base, DEV_TENANT),
         "iat": now,
         "nbf": now,
-        "exp": now + 3599,
+        "exp": now + lifetime,
         "tid": DEV_TENANT,
         "azp": client_id,
         "ver": "2.0",
@@ -152,85 +157,4 @@ pub fn openid_configuration(base: &str, tenant: &str) -> Value {
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
         "tenant_region_scope": "EU",
     })
-}
-
-/// An OAuth error answer as Entra shapes it.
-pub fn oauth_error(error: &str, aadsts: &str, description: &str) -> Value {
-    json!({
-        "error": error,
-        "error_description": format!("{aadsts}: {description}"),
-        "error_codes": [aadsts.trim_start_matches("AADSTS").parse::<u64>().unwrap_or(0)],
-        "timestamp": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        "trace_id": uuid::Uuid::new_v4().to_string(),
-        "correlation_id": uuid::Uuid::new_v4().to_string(),
-    })
-}
-
-/// Answers a token request (form fields already decoded): `Ok(token response)` or
-/// `Err((status, oauth error))`.
-///
-/// Beyond Entra's own fields it accepts two dev-only fields, `roles` and `scp` (space-separated),
-/// to choose what the token grants, so clients can try both token shapes offline.
-pub fn token_response(base: &str, key: &DevKey, form: &[(String, String)]) -> Result<Value, (u16, Value)> {
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    match field("grant_type") {
-        Some("client_credentials") => {}
-        Some(other) => {
-            return Err((
-                400,
-                oauth_error(
-                    "unsupported_grant_type",
-                    "AADSTS70003",
-                    &format!("The app requested an unsupported grant type '{other}'."),
-                ),
-            ));
-        }
-        None => {
-            return Err((
-                400,
-                oauth_error(
-                    "invalid_request",
-                    "AADSTS900144",
-                    "The request body must contain the following parameter: 'grant_type'.",
-                ),
-            ));
-        }
-    }
-    if field("client_id") != Some(DEV_CLIENT_ID) {
-        return Err((
-            400,
-            oauth_error(
-                "unauthorized_client",
-                "AADSTS700016",
-                "Application with identifier was not found in the directory.",
-            ),
-        ));
-    }
-    if field("client_secret") != Some(DEV_CLIENT_SECRET) {
-        return Err((401, oauth_error("invalid_client", "AADSTS7000215", "Invalid client secret provided.")));
-    }
-    let scope = field("scope").unwrap_or_default();
-    let Some(audience) = scope.strip_suffix("/.default") else {
-        return Err((
-            400,
-            oauth_error(
-                "invalid_scope",
-                "AADSTS1002012",
-                "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
-            ),
-        ));
-    };
-    let split = |v: &str| v.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>();
-    let grant = match (field("scp"), field("roles")) {
-        (Some(scp), _) => Grant::Delegated { scopes: split(scp), user: "adele@contoso.example".into() },
-        (None, Some(roles)) => Grant::Application { roles: split(roles) },
-        (None, None) => Grant::Application { roles: vec![DEV_ROLE.to_owned()] },
-    };
-    let claims = access_token_claims(base, audience, DEV_CLIENT_ID, &grant);
-    Ok(json!({
-        "token_type": "Bearer",
-        "expires_in": 3599,
-        "ext_expires_in": 3599,
-        "access_token": key.sign(&json!({}), &claims),
-    }))
 }

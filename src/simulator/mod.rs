@@ -5,11 +5,12 @@
 
 pub mod entra;
 pub mod graph;
+pub mod token;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ struct State {
     connectors: Mutex<BTreeMap<String, Connector>>,
     received: Mutex<Vec<ReceivedRequest>>,
     tokens_issued: AtomicU64,
+    token_requests: AtomicU64,
+    token_lifetime: AtomicU64,
+    token_endpoint_down: AtomicBool,
+    certificates: Mutex<Vec<Vec<u8>>>,
     faults: Faults,
 }
 
@@ -84,6 +89,10 @@ impl Simulator {
             connectors: Mutex::new(graph::seed()),
             received: Mutex::new(Vec::new()),
             tokens_issued: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
+            token_lifetime: AtomicU64::new(3599),
+            token_endpoint_down: AtomicBool::new(false),
+            certificates: Mutex::new(token::certificate_der(token::DEV_CERTIFICATE_PEM).into_iter().collect()),
             faults,
         });
         let (stop, mut stopped) = watch::channel(false);
@@ -155,6 +164,32 @@ impl Simulator {
         self.state.tokens_issued.load(Ordering::Relaxed)
     }
 
+    /// How many requests reached the token endpoint (issued or refused).
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::Relaxed)
+    }
+
+    /// Sets the lifetime (`expires_in`) of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state.token_lifetime.store(lifetime.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// Makes the token endpoint answer 503 (`true`) or serve again (`false`).
+    pub fn set_token_endpoint_down(&self, down: bool) {
+        self.state.token_endpoint_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Trusts a certificate (PEM) for the dev app's client assertions, besides `config/dev/`'s.
+    pub fn trust_certificate(&self, pem: &str) -> bool {
+        match (token::certificate_der(pem), self.state.certificates.lock()) {
+            (Some(der), Ok(mut certificates)) => {
+                certificates.push(der);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The current state of a connector.
     pub fn connector(&self, id: &str) -> Option<Connector> {
         self.state.connectors.lock().ok().and_then(|c| c.get(id).cloned())
@@ -213,9 +248,23 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             json_response(200, &entra::openid_configuration(&state.base, tenant))
         }
         (Method::GET, [_, "discovery", "v2.0", "keys"]) => json_response(200, &json!({ "keys": [state.key.jwk()] })),
-        (Method::POST, [_, "oauth2", "v2.0", "token"]) => {
+        (Method::POST, [tenant, "oauth2", "v2.0", "token"]) => {
+            state.token_requests.fetch_add(1, Ordering::Relaxed);
+            if state.token_endpoint_down.load(Ordering::Relaxed) {
+                let error =
+                    token::oauth_error("temporarily_unavailable", "AADSTS90033", "A transient error has occurred.");
+                return json_response(503, &error);
+            }
             let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-            match entra::token_response(&state.base, &state.key, &form) {
+            let certificates = state.certificates.lock().map(|c| c.clone()).unwrap_or_default();
+            let issuer = token::TokenIssuer {
+                base: &state.base,
+                token_url: &format!("{}/{tenant}/oauth2/v2.0/token", state.base),
+                key: &state.key,
+                lifetime: state.token_lifetime.load(Ordering::Relaxed),
+                certificates: &certificates,
+            };
+            match token::token_response(&issuer, &form) {
                 Ok(token) => {
                     state.tokens_issued.fetch_add(1, Ordering::Relaxed);
                     json_response(200, &token)
@@ -297,6 +346,18 @@ async fn batch_answer(
     json_response(200, &json!({ "responses": responses }))
 }
 
+/// Whether the bearer token is a JWT whose `exp` has passed (Graph refuses those).
+fn bearer_expired(headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let token = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.get(7..));
+    let exp = token
+        .and_then(|t| t.split('.').nth(1))
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|claims| claims["exp"].as_u64());
+    exp.is_some_and(|exp| exp <= entra::now())
+}
+
 async fn graph_answer(
     state: &State,
     parts: &http::request::Parts,
@@ -324,6 +385,9 @@ async fn graph_answer(
         .is_some_and(|v| v.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")));
     if !authorized {
         return error(401, "InvalidAuthenticationToken", "Access token is empty.");
+    }
+    if bearer_expired(&parts.headers) {
+        return error(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.");
     }
     let Some(target) = graph::parse_path(parts.uri.path()) else {
         return error(400, "BadRequest", &format!("Resource not found for the segment '{}'.", parts.uri.path()));

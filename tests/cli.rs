@@ -114,3 +114,30 @@ fn unknown_commands_print_usage_and_fail() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
 }
+
+#[test]
+fn check_config_reads_the_client_secret_from_the_environment_and_never_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace("[upstream]\n", "[upstream]\ncredential = \"client_credentials\"\n")
+        + "[upstream.entra]\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"c0ffee00-0000-4000-8000-000000000001\"\nclient_secret_env = \"CG_TEST_CLIENT_SECRET\"\n";
+    let path = write_config(dir.path(), &text);
+    let check = |secret: Option<&str>| {
+        let mut command = Command::new(common::binary());
+        command.args(["check-config", "--config"]).arg(&path).env_remove("CG_TEST_CLIENT_SECRET");
+        if let Some(secret) = secret {
+            command.env("CG_TEST_CLIENT_SECRET", secret);
+        }
+        command.output().unwrap()
+    };
+    let missing = check(None);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("upstream.entra.client_secret_env") && stderr.contains("CG_TEST_CLIENT_SECRET"),
+        "{stderr}"
+    );
+    let present = check(Some("very-secret-value-42"));
+    assert!(present.status.success(), "{}", String::from_utf8_lossy(&present.stderr));
+    let all = format!("{}{}", String::from_utf8_lossy(&present.stdout), String::from_utf8_lossy(&present.stderr));
+    assert!(!all.contains("very-secret-value-42"), "{all}");
+}

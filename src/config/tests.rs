@@ -89,3 +89,137 @@ fn the_upstream_must_be_an_origin() {
     assert!(load(&with_url("https://graph.microsoft.com")).is_ok());
     assert_eq!(key_of(&format!("{}\n[upstream]\n", with_url("http://x"))), "upstream");
 }
+
+fn with_credential(mode: &str, entra: &str) -> String {
+    MINIMAL.replace("[upstream]\n", &format!("[upstream]\ncredential = \"{mode}\"\n"))
+        + &format!("[upstream.entra]\n{entra}")
+}
+
+const APP: &str = "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"c0ffee00-0000-4000-8000-000000000001\"\n";
+
+fn load_env(text: &str) -> Result<Config, ConfigError> {
+    let env = |name: &str| (name == "GATEWAY_SECRET").then(|| "s3cr3t-value".to_owned());
+    Config::from_toml_with_env(text, Path::new("/etc/gateway"), &env)
+}
+
+#[test]
+fn client_credentials_with_a_secret_from_the_environment() {
+    let config =
+        load_env(&with_credential("client_credentials", &format!("{APP}client_secret_env = \"GATEWAY_SECRET\"\n")))
+            .unwrap();
+    let UpstreamCredential::ClientCredentials(app) = &config.upstream.credential else { panic!("mode") };
+    assert_eq!(app.token_url, "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+    assert_eq!(app.scope, "https://graph.microsoft.com/.default");
+    assert!(matches!(&app.client_auth, ClientAuth::Secret(s) if s == "s3cr3t-value"));
+    // The secret is never printed, not even in a debug dump of the whole configuration.
+    assert!(!format!("{config:?}").contains("s3cr3t-value"));
+}
+
+#[test]
+fn a_certificate_credential_gets_its_sha256_thumbprint() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let text = with_credential(
+        "on_behalf_of",
+        &format!(
+            "{APP}certificate_file = \"dev/simulator-client.crt\"\nprivate_key_file = \"dev/simulator-client.key\"\n"
+        ),
+    );
+    let config = Config::from_toml_with_env(&text, &dir, &|_| None).unwrap();
+    let Some(app) = config.upstream.credential.app() else { panic!("an app") };
+    let ClientAuth::Certificate { thumbprint_s256, .. } = &app.client_auth else { panic!("a certificate") };
+    let pem = std::fs::read(dir.join("dev/simulator-client.crt")).unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    assert_eq!(thumbprint_s256, &thumbprint_s256_of(der.as_ref()));
+    assert_eq!(thumbprint_s256.len(), 43, "base64url of 32 bytes, unpadded");
+}
+
+fn thumbprint_s256_of(der: &[u8]) -> String {
+    super::thumbprint_s256(der)
+}
+
+#[test]
+fn bad_credential_settings_name_their_key() {
+    let secret = "client_secret_env = \"GATEWAY_SECRET\"\n";
+    let cases = [
+        (
+            with_credential("client_credentials", &format!("{APP}client_secret_env = \"UNSET_VARIABLE\"\n")),
+            "upstream.entra.client_secret_env",
+        ),
+        (with_credential("client_credentials", APP), "upstream.entra"),
+        (
+            with_credential(
+                "client_credentials",
+                &format!("{APP}{secret}certificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"\n"),
+            ),
+            "upstream.entra",
+        ),
+        (
+            with_credential("client_credentials", &format!("{APP}certificate_file = \"c.pem\"\n")),
+            "upstream.entra.private_key_file",
+        ),
+        (
+            with_credential(
+                "client_credentials",
+                &format!("{APP}certificate_file = \"missing.pem\"\nprivate_key_file = \"k.pem\"\n"),
+            ),
+            "upstream.entra.certificate_file",
+        ),
+        (
+            with_credential(
+                "client_credentials",
+                &format!("{}{secret}", APP.replace("contoso.onmicrosoft.com", "common")),
+            ),
+            "upstream.entra.tenant_id",
+        ),
+        (
+            with_credential(
+                "client_credentials",
+                &format!("{}{secret}", APP.replace("c0ffee00-0000-4000-8000-000000000001", "gateway")),
+            ),
+            "upstream.entra.client_id",
+        ),
+        (
+            with_credential(
+                "client_credentials",
+                &format!("{APP}{secret}scope = \"https://graph.microsoft.com/User.Read\"\n"),
+            ),
+            "upstream.entra.scope",
+        ),
+        (
+            with_credential(
+                "client_credentials",
+                &format!("{APP}{secret}authority = \"https://login.example/tenant\"\n"),
+            ),
+            "upstream.entra.authority",
+        ),
+        (
+            with_credential("client_credentials", &format!("{APP}{secret}client_secret = \"inline\"\n")),
+            "upstream.entra.client_secret",
+        ),
+        (with_credential("passthrough", &format!("{APP}{secret}")), "upstream.entra"),
+        (MINIMAL.replace("[upstream]\n", "[upstream]\ncredential = \"client_credentials\"\n"), "upstream.entra"),
+        (MINIMAL.replace("[upstream]\n", "[upstream]\ncredential = \"managed_identity\"\n"), "upstream.credential"),
+    ];
+    for (text, key) in cases {
+        let error = load_env(&text).expect_err(key);
+        assert_eq!(error.key, key, "{error}");
+        assert!(!error.to_string().contains("s3cr3t-value"));
+    }
+}
+
+#[test]
+fn an_ec_key_is_refused_for_client_assertions() {
+    let dir = std::env::temp_dir().join(format!("cg-ec-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ec.test".into()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+    let text = with_credential(
+        "client_credentials",
+        &format!("{APP}certificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"\n"),
+    );
+    let error = Config::from_toml_with_env(&text, &dir, &|_| None).unwrap_err();
+    assert_eq!(error.key, "upstream.entra.private_key_file");
+    assert!(error.message.contains("RSA"), "{error}");
+}

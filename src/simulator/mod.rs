@@ -346,7 +346,11 @@ async fn batch_answer(
     json_response(200, &json!({ "responses": responses }))
 }
 
-/// Whether the bearer token is a JWT whose `exp` has passed (Graph refuses those).
+/// Graph's tolerance for clock skew on `exp`.
+const GRAPH_CLOCK_SKEW_SECS: u64 = 300;
+
+/// Whether the bearer token is a JWT whose `exp` has passed, beyond Graph's clock skew (Graph
+/// refuses those).
 fn bearer_expired(headers: &HeaderMap) -> bool {
     use base64::Engine;
     let token = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.get(7..));
@@ -355,7 +359,7 @@ fn bearer_expired(headers: &HeaderMap) -> bool {
         .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|claims| claims["exp"].as_u64());
-    exp.is_some_and(|exp| exp <= entra::now())
+    exp.is_some_and(|exp| exp + GRAPH_CLOCK_SKEW_SECS <= entra::now())
 }
 
 async fn graph_answer(

@@ -9,6 +9,7 @@
 #   bash benches/load.sh            # ROUNDS=3 DURATION=10s by default
 #   TARGETS=gateway:18084 FSYNC=off bash benches/load.sh   # one target; audit.fsync for diagnosis
 #   PERF=/tmp/gw.data bash benches/load.sh   # also samples the gateway with perf (linux-perf)
+#   LOAD=read TARGETS=gateway:18084 bash benches/load.sh   # GET /v1.0/users: proxying alone, no policy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -114,6 +115,8 @@ request = function()
   return wrk.format(nil, "$PATH_")
 end
 LUA
+# The same load as a read of a non-connector path: what proxying alone costs, without the policy.
+sed -e 's/wrk.method = "PATCH"/wrk.method = "GET"/' -e "s|$PATH_|/v1.0/users|" -e '/wrk.body/d' "$WORK/patch.lua" > "$WORK/read.lua"
 
 for port in 18081 18082 18083 18084; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
@@ -133,7 +136,7 @@ for round in $(seq "$ROUNDS"); do
     if [ -n "${PERF:-}" ] && [ "$name" = gateway ]; then
       perf record -q -e cpu-clock -F 499 ${PERF_CALLGRAPH:--g} -p "$GATEWAY_PID" -o "$PERF" 2>/dev/null & PERF_PID=$!
     fi
-    out=$(wrk -t2 -c32 -d"$DURATION" --latency -s "$WORK/patch.lua" "http://127.0.0.1:$port")
+    out=$(wrk -t2 -c32 -d"$DURATION" --latency -s "$WORK/${LOAD:-patch}.lua" "http://127.0.0.1:$port")
     if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=; fi
     RPS[$name]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
     P50[$name]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) "

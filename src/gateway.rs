@@ -191,6 +191,11 @@ impl GatewayLayer {
         readiness
     }
 
+    /// The audit journal every service built from this layer writes to.
+    pub fn journal(&self) -> AuditJournal {
+        self.journal.clone()
+    }
+
     /// The token verifier (and through it, the key store).
     pub fn verifier(&self) -> Arc<Verifier> {
         self.verifier.clone()

@@ -43,6 +43,7 @@ pub struct RunningGateway {
     pub admin_addr: SocketAddr,
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
+    journal: crate::audit::AuditJournal,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -58,6 +59,15 @@ impl RunningGateway {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Outcome records are queued without waiting; make sure the last ones are on disk.
+        if let Err(error) = self.journal.flush().await {
+            tracing::error!(%error, "the audit trail could not be flushed at shutdown");
+        }
+    }
+
+    /// Waits until every audit record handed over so far is written (and synced).
+    pub async fn flush_audit(&self) -> Result<u64, crate::audit::AuditError> {
+        self.journal.flush().await
     }
 }
 
@@ -113,5 +123,6 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
 
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, "ready: serving {scheme}://{addr}");
-    Ok(RunningGateway { addr, admin_addr, metrics, stop, tasks: vec![public, admin], background })
+    let journal = layer.journal();
+    Ok(RunningGateway { addr, admin_addr, metrics, journal, stop, tasks: vec![public, admin], background })
 }

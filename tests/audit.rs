@@ -34,7 +34,7 @@ async fn an_allowed_change_has_an_intent_then_its_outcome() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
-    let records = h.audit();
+    let records = h.audit().await;
     assert_eq!(phases(&records), ["intent", "outcome"]);
     let (intent, outcome) = (&records[0], &records[1]);
     assert_eq!(intent["seq"], 1);
@@ -82,7 +82,7 @@ async fn every_refusal_is_one_denied_record_with_what_was_known() {
         let reply = h.client.send(method.clone(), &url, headers, body).await;
         assert_eq!(reply.status.as_u16(), *status);
     }
-    let records = h.audit();
+    let records = h.audit().await;
     assert_eq!(phases(&records), ["denied"; 5]);
     for (record, (_, _, _, status, code)) in records.iter().zip(&cases) {
         assert_eq!(record["status"], *status);
@@ -97,7 +97,7 @@ async fn every_refusal_is_one_denied_record_with_what_was_known() {
     assert!(h.simulator.received().is_empty());
     // Non-governed traffic is never audited.
     h.client.send(Method::GET, &h.url("/v1.0/users"), &[("authorization", &good)], "").await;
-    assert_eq!(h.audit().len(), 5);
+    assert_eq!(h.audit().await.len(), 5);
 }
 
 #[tokio::test]
@@ -117,6 +117,7 @@ async fn a_failed_upstream_gets_an_outcome_with_its_status() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    gateway.flush_audit().await.unwrap();
     let records = common::audit_lines(&config);
     assert_eq!(phases(&records), ["intent", "outcome"]);
     assert_eq!(records[1]["status"], 502);

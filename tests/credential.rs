@@ -87,7 +87,8 @@ impl Setup {
             .collect()
     }
 
-    fn audit(&self) -> Vec<Value> {
+    async fn audit(&self) -> Vec<Value> {
+        self.gateway.flush_audit().await.unwrap();
         common::audit_lines(&self.config)
     }
 }
@@ -126,7 +127,7 @@ async fn a_hundred_writes_cost_one_token_request_and_graph_never_sees_the_caller
     let graph_token = claims(&upstream[0]);
     assert_eq!(graph_token["aud"], GRAPH);
     assert_eq!(graph_token["roles"][0], DEV_ROLE);
-    let records = setup.audit();
+    let records = setup.audit().await;
     assert_eq!(records.len(), 200);
     for record in &records {
         assert_eq!(
@@ -194,7 +195,7 @@ async fn no_token_means_503_nothing_forwarded_and_a_backed_off_retry() {
     assert!(setup.simulator.received().is_empty(), "nothing reaches Graph without the gateway's token");
     // Twenty refused requests did not cause twenty calls: the failure's backoff answers them.
     assert!(setup.simulator.token_requests() <= 5, "{} token requests", setup.simulator.token_requests());
-    let records = setup.audit();
+    let records = setup.audit().await;
     assert_eq!(records.len(), 20);
     assert!(records.iter().all(|r| r["phase"] == "denied" && r["status"] == 503));
     let readyz = setup.client.send(Method::GET, &format!("http://{}/readyz", setup.gateway.admin_addr), &[], "").await;
@@ -248,7 +249,7 @@ async fn on_behalf_of_exchanges_once_per_distinct_caller_token() {
         assert_eq!(graph_token["scp"], OBO_SCOPE);
         assert!(graph_token["preferred_username"].as_str().unwrap().starts_with(user));
     }
-    let records = setup.audit();
+    let records = setup.audit().await;
     assert!(records.iter().all(|r| r["upstream_credential"]["mode"] == "on_behalf_of"));
 }
 
@@ -267,7 +268,7 @@ async fn refused_exchanges_become_401_or_403_naming_the_entra_error() {
     assert!(reply.header("www-authenticate").contains("invalid_token"));
     assert!(reply.json()["error"]["message"].as_str().unwrap_or_default().contains("invalid_grant"));
     assert!(setup.simulator.received().is_empty());
-    let records = setup.audit();
+    let records = setup.audit().await;
     assert_eq!(
         records.iter().map(|r| (r["phase"].as_str().unwrap(), r["status"].as_u64().unwrap())).collect::<Vec<_>>(),
         [("denied", 403), ("denied", 401)]
@@ -290,5 +291,5 @@ async fn other_traffic_needs_a_verified_caller_before_it_gets_the_gateways_crede
     let upstream = setup.upstream_authorizations();
     assert_eq!(upstream.len(), 1);
     assert_eq!(claims(&upstream[0])["aud"], GRAPH);
-    assert!(setup.audit().is_empty(), "reads are not connector changes");
+    assert!(setup.audit().await.is_empty(), "reads are not connector changes");
 }

@@ -33,7 +33,7 @@ async fn a_spent_quota_is_a_graph_style_429_and_never_reaches_graph() {
     assert!(reply.json()["error"]["message"].as_str().unwrap().contains("per-principal quota (1/h, burst 2)"));
     assert!(reply.header("ratelimit").starts_with("\"per-principal\";r=0;t="));
     assert_eq!(h.simulator.received().len(), 2, "the throttled write was not forwarded");
-    let denied: Vec<_> = h.audit().into_iter().filter(|r| r["phase"] == "denied").collect();
+    let denied: Vec<_> = h.audit().await.into_iter().filter(|r| r["phase"] == "denied").collect();
     assert_eq!(denied.len(), 1);
     assert!(denied[0]["reason"].as_str().unwrap().starts_with("TooManyRequests"));
     assert_eq!(denied[0]["changes"], serde_json::json!({"status": "active"}));

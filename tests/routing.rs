@@ -90,7 +90,7 @@ async fn every_governed_spelling_needs_a_token_and_the_permission() {
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
     }
-    assert_eq!(h.audit().iter().filter(|r| r["phase"] == "intent").count(), 3);
+    assert_eq!(h.audit().await.iter().filter(|r| r["phase"] == "intent").count(), 3);
     assert!(spellings.len() >= 20);
 }
 
@@ -191,7 +191,7 @@ async fn ordinary_graph_traffic_is_not_blocked() {
         assert_eq!(reply.status.as_u16(), *status, "{method} {path}: answered by the simulator, not the gateway");
     }
     assert_eq!(h.simulator.received().len(), passes.len());
-    assert!(h.audit().is_empty(), "reads and other resources are not audited as changes");
+    assert!(h.audit().await.is_empty(), "reads and other resources are not audited as changes");
 }
 
 fn batch(requests: serde_json::Value) -> String {
@@ -209,7 +209,7 @@ async fn a_batch_without_connector_writes_passes_untouched() {
         h.client.send(Method::POST, &h.url("/v1.0/$batch"), &[("content-type", "application/json")], &body).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(h.simulator.received()[0].body, body.as_bytes());
-    assert!(h.audit().is_empty());
+    assert!(h.audit().await.is_empty());
 }
 
 #[tokio::test]
@@ -293,7 +293,7 @@ async fn inner_connector_writes_are_governed_like_direct_ones() {
     let statuses: Vec<u64> =
         reply.json()["responses"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [200, 400, 404]);
-    let records = h.audit();
+    let records = h.audit().await;
     let governed: Vec<_> = records.iter().filter(|r| r["phase"] != "denied").collect();
     let summary: Vec<(String, String, u64)> = governed
         .iter()

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{AuditRecord, GENESIS, RecordBody};
+use super::record::{AuditRecord, GENESIS, RecordBody, seal_line};
 use crate::config::{AuditConfig, FsyncMode};
 
 /// Records queued at most before requests wait.
@@ -59,7 +59,8 @@ struct Health {
 /// A handle to the journal. Cheap to clone; the writer stops when every handle is dropped.
 #[derive(Debug, Clone)]
 pub struct AuditJournal {
-    sender: mpsc::Sender<(RecordBody, Ack)>,
+    /// A record to write, or `None`: a barrier acknowledged once everything before it is written.
+    sender: mpsc::Sender<(Option<RecordBody>, Ack)>,
     health: Arc<Health>,
     credential: Option<super::AuditCredential>,
 }
@@ -188,12 +189,12 @@ impl Writer {
         let mut bytes = Vec::with_capacity(bodies.len() * 512);
         let mut ends = Vec::with_capacity(bodies.len());
         let mut seqs = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            let record = AuditRecord::seal(head.seq + 1, body, head.hash.clone());
-            bytes.extend_from_slice(&record.to_line());
+        for body in &bodies {
+            let seq = head.seq + 1;
+            let hash = seal_line(seq, body, &head.hash, &mut bytes);
             ends.push(bytes.len());
-            seqs.push(record.seq);
-            head = ChainHead { seq: record.seq, hash: record.hash };
+            seqs.push(seq);
+            head = ChainHead { seq, hash };
         }
         if self.rotate_bytes.is_some_and(|limit| self.size > 0 && self.size + bytes.len() as u64 > limit) {
             self.rotate().map_err(|e| AuditError::Write(e.to_string()))?;
@@ -236,7 +237,7 @@ impl Writer {
         }
     }
 
-    fn run(mut self, mut receiver: mpsc::Receiver<(RecordBody, Ack)>) {
+    fn run(mut self, mut receiver: mpsc::Receiver<(Option<RecordBody>, Ack)>) {
         while let Some(first) = receiver.blocking_recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -246,8 +247,17 @@ impl Writer {
                 }
             }
             let (bodies, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            match self.write_batch(bodies) {
-                Ok(seqs) => acks.into_iter().zip(seqs).for_each(|(ack, seq)| drop(ack.send(Ok(seq)))),
+            let is_record: Vec<bool> = bodies.iter().map(Option::is_some).collect();
+            match self.write_batch(bodies.into_iter().flatten().collect()) {
+                Ok(seqs) => {
+                    // Records get their seq; barriers the seq reached by the end of the batch.
+                    let mut seqs = seqs.into_iter();
+                    let last = self.head.seq;
+                    for (ack, record) in acks.into_iter().zip(is_record) {
+                        let seq = if record { seqs.next().unwrap_or(last) } else { last };
+                        drop(ack.send(Ok(seq)));
+                    }
+                }
                 Err(error) => acks.into_iter().for_each(|ack| drop(ack.send(Err(error.clone())))),
             }
         }
@@ -278,7 +288,16 @@ impl AuditJournal {
     pub async fn append(&self, mut body: RecordBody) -> Result<u64, AuditError> {
         self.stamp(&mut body);
         let (ack, done) = oneshot::channel();
-        self.sender.send((body, ack)).await.map_err(|_| AuditError::Closed)?;
+        self.sender.send((Some(body), ack)).await.map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Waits until every record handed over before this call is written (and synced, per
+    /// `audit.fsync`); returns the last seq written. Shutdown calls it, so queued outcome records
+    /// are not lost at exit.
+    pub async fn flush(&self) -> Result<u64, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.sender.send((None, ack)).await.map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -318,6 +337,27 @@ impl std::fmt::Debug for Append {
     }
 }
 
+impl Append {
+    /// Lets the record be written without waiting for its acknowledgement. A record already
+    /// queued needs nothing more; one still waiting for room in the queue is finished by a task.
+    pub fn detach(self) {
+        match self.state {
+            AppendState::Acked(_) => {}
+            AppendState::Queueing(..) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(async move {
+                    if let Err(error) = self.await {
+                        tracing::error!(%error, "a record could not be queued");
+                    }
+                })),
+                Err(_) => tracing::error!("a record could not be queued: no runtime"),
+            },
+            AppendState::Failed(error) => {
+                tracing::error!(error = %error.unwrap_or(AuditError::Closed), "a record could not be queued");
+            }
+        }
+    }
+}
+
 impl std::future::Future for Append {
     type Output = Result<u64, AuditError>;
 
@@ -354,7 +394,7 @@ impl AuditJournal {
     pub fn submit(&self, mut body: RecordBody) -> Append {
         self.stamp(&mut body);
         let (ack, done) = oneshot::channel();
-        let state = match self.sender.try_send((body, ack)) {
+        let state = match self.sender.try_send((Some(body), ack)) {
             Ok(()) => AppendState::Acked(done),
             Err(mpsc::error::TrySendError::Closed(_)) => AppendState::Failed(Some(AuditError::Closed)),
             Err(mpsc::error::TrySendError::Full(item)) => {

@@ -383,7 +383,7 @@ pin_project! {
         Forwarding { #[pin] inner: S::Future, owed: Option<Vec<OutcomeGuard>> },
         /// A batch answered: reading its body to learn each inner status.
         ReadingBatch { #[pin] collect: ResponseCollect<ResB>, state: Option<(http::response::Parts, Vec<OutcomeGuard>)> },
-        /// Writing the outcome records before answering.
+        /// Handing the outcome records to the journal, then answering.
         Outcome { appends: Vec<journal::Append>, result: Option<Result<Response<Either<Full<Bytes>, ResB>>, GatewayError>> },
     }
 }
@@ -479,9 +479,11 @@ where
                     }
                 }
                 WriteAheadProjection::Outcome { appends, result } => {
-                    // The change already happened upstream: the answer is relayed even if its
-                    // outcome could not be recorded (that is logged, and readyz fails).
-                    let _ = ready!(poll_appends(appends, cx, "an outcome"));
+                    // The change already happened upstream, so the answer does not wait for its
+                    // outcome: the record is queued behind the intent, written in order with the
+                    // next group commit (a failure is logged and fails readyz), and flushed at
+                    // shutdown. Only a crash in that window leaves an intent without an outcome.
+                    appends.drain(..).for_each(journal::Append::detach);
                     return Poll::Ready(result.take().unwrap_or(Err(GatewayError::Audit(AuditError::Closed))));
                 }
             };

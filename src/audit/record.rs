@@ -147,6 +147,29 @@ pub fn chain_hash(seq: u64, body: &RecordBody, prev_hash: &str) -> String {
     hex(context.finish().as_ref())
 }
 
+/// Seals `body` as record `seq` and appends its line to `out` with one serialisation: the
+/// canonical bytes are hashed, then closed with the `hash` field (the last one) and a newline,
+/// which is exactly [`AuditRecord::to_line`]. Returns the record's hash.
+pub fn seal_line(seq: u64, body: &RecordBody, prev_hash: &str, out: &mut Vec<u8>) -> String {
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &Canonical { seq, body, prev_hash }).is_err() || out.last() != Some(&b'}') {
+        // Unreachable for these types; fall back to the two-pass form rather than write a bad line.
+        out.truncate(start);
+        let record = AuditRecord::seal(seq, body.clone(), prev_hash.to_owned());
+        out.extend_from_slice(&record.to_line());
+        return record.hash;
+    }
+    let mut context = Context::new(&SHA256);
+    context.update(prev_hash.as_bytes());
+    context.update(out.get(start..).unwrap_or_default());
+    let hash = hex(context.finish().as_ref());
+    out.pop();
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    hash
+}
+
 impl AuditRecord {
     /// Seals `body` as record `seq` after the record whose hash is `prev_hash`.
     pub fn seal(seq: u64, body: RecordBody, prev_hash: String) -> Self {
@@ -226,6 +249,15 @@ pub(crate) mod tests {
         let parsed: AuditRecord = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!(parsed, record);
         assert!(parsed.is_sealed_correctly());
+    }
+
+    #[test]
+    fn sealing_in_one_pass_writes_exactly_the_line_of_the_record() {
+        let mut out = b"earlier line\n".to_vec();
+        let hash = seal_line(7, &body(Phase::Outcome), GENESIS, &mut out);
+        let record = AuditRecord::seal(7, body(Phase::Outcome), GENESIS.into());
+        assert_eq!(hash, record.hash);
+        assert_eq!(out.get(13..).unwrap(), record.to_line().as_slice());
     }
 
     #[test]

@@ -87,8 +87,10 @@ impl Harness {
         Self { simulator, gateway, client: HttpClient::default(), config }
     }
 
-    /// Every audit record written so far.
-    pub fn audit(&self) -> Vec<serde_json::Value> {
+    /// Every audit record handed to the journal so far (outcome records are written after the
+    /// answer, so this waits for the journal first).
+    pub async fn audit(&self) -> Vec<serde_json::Value> {
+        let _ = self.gateway.flush_audit().await; // a broken trail (/dev/full) has nothing to flush
         audit_lines(&self.config)
     }
 

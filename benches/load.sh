@@ -10,6 +10,7 @@
 #   TARGETS=gateway:18084 FSYNC=off bash benches/load.sh   # one target; audit.fsync for diagnosis
 #   PERF=/tmp/gw.data bash benches/load.sh   # also samples the gateway with perf (linux-perf)
 #   LOAD=read TARGETS=gateway:18084 bash benches/load.sh   # GET /v1.0/users: proxying alone, no policy
+#   GATEWAY_B=/tmp/old-build TARGETS="gateway:18084 gateway-b:18086" bash benches/load.sh   # A/B two builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -102,6 +103,11 @@ path = "audit.jsonl"
 fsync = "${FSYNC:-batch}"
 GATEWAY
 RUST_LOG=warn ./target/release/connector-gateway serve --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" & GATEWAY_PID=$!; PIDS+=($GATEWAY_PID)
+# An A/B peer: another build of the gateway (GATEWAY_B=path/to/binary), same config, own port and trail.
+if [ -n "${GATEWAY_B:-}" ]; then
+  sed -e 's/18084/18086/' -e 's/18085/18087/' -e 's/audit.jsonl/audit-b.jsonl/' "$WORK/gateway.toml" > "$WORK/gateway-b.toml"
+  RUST_LOG=warn "$GATEWAY_B" serve --config "$WORK/gateway-b.toml" 2>"$WORK/gateway-b.log" & PIDS+=($!)
+fi
 
 cat > "$WORK/patch.lua" <<LUA
 local counter = 0
@@ -118,7 +124,7 @@ LUA
 # The same load as a read of a non-connector path: what proxying alone costs, without the policy.
 sed -e 's/wrk.method = "PATCH"/wrk.method = "GET"/' -e "s|$PATH_|/v1.0/users|" -e '/wrk.body/d' "$WORK/patch.lua" > "$WORK/read.lua"
 
-for port in 18081 18082 18083 18084; do
+for port in 18081 18082 18083 18084 ${GATEWAY_B:+18086}; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
 check=$(curl -s -o /dev/null -w '%{http_code}' -X PATCH -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{"status":"inactive"}' "http://127.0.0.1:18084$PATH_")

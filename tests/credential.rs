@@ -293,3 +293,27 @@ async fn other_traffic_needs_a_verified_caller_before_it_gets_the_gateways_crede
     assert_eq!(claims(&upstream[0])["aud"], GRAPH);
     assert!(setup.audit().await.is_empty(), "reads are not connector changes");
 }
+
+#[tokio::test]
+async fn fifty_concurrent_requests_without_a_token_share_one_fetch() {
+    use connector_gateway::credential::{AppTokenSource, TokenClient};
+    let simulator = simulator().await;
+    let setup_dir = common::scratch_dir();
+    let text = format!(
+        "[upstream]\nurl = \"{base}\"\ncredential = \"client_credentials\"\n[upstream.entra]\nauthority = \"{base}\"\ntenant_id = \"{DEV_TENANT}\"\nclient_id = \"{DEV_CLIENT_ID}\"\nclient_secret_env = \"S\"\n[auth]\njwks_file = \"k\"\naudiences = [\"{DEV_AUDIENCE}\"]\n",
+        base = simulator.base_url()
+    );
+    let config = Config::from_toml_with_env(&text, &setup_dir, &|_| Some(DEV_CLIENT_SECRET.to_owned())).unwrap();
+    let app = config.upstream.credential.app().unwrap().clone();
+    let connector = connector_gateway::proxy::https_connector(&[], Duration::from_secs(2));
+    let source = std::sync::Arc::new(AppTokenSource::new(std::sync::Arc::new(TokenClient::new(app, connector))));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let source = source.clone();
+        tasks.spawn(async move { source.token().await });
+    }
+    let tokens = tasks.join_all().await;
+    assert!(tokens.iter().all(|t| t.as_ref().is_ok_and(|t| t == tokens[0].as_ref().unwrap())));
+    assert_eq!(simulator.token_requests(), 1);
+    assert_eq!(source.requests(), 1);
+}

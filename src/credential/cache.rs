@@ -309,6 +309,49 @@ mod tests {
         assert!(token.usable(now + Duration::from_millis(3600)).is_none());
     }
 
+    fn obo_cache(capacity: usize) -> OboCache {
+        let app = Arc::new(crate::config::EntraApp {
+            token_url: http::Uri::from_static("http://127.0.0.1:9/t/oauth2/v2.0/token"),
+            tenant_id: "t".into(),
+            client_id: "c0ffee00-0000-4000-8000-000000000001".into(),
+            client_auth: crate::config::ClientAuth::Secret("s".into()),
+            scope: "https://graph.microsoft.com/.default".into(),
+        });
+        let connector = crate::proxy::https_connector(&[], Duration::from_secs(1));
+        OboCache::new(Arc::new(TokenClient::new(app, connector)), capacity)
+    }
+
+    fn cache_token(cache: &OboCache, caller: &str, lifetime: u64, now: Instant) {
+        cache.entry(token_key(caller)).token.store(Some(Arc::new(CachedToken::new(issued(lifetime), now))));
+    }
+
+    #[test]
+    fn the_obo_cache_is_keyed_by_hash_and_bounded() {
+        let cache = obo_cache(3);
+        let now = Instant::now();
+        cache_token(&cache, "caller-a", 3600, now);
+        cache_token(&cache, "caller-b", 60, now);
+        cache_token(&cache, "caller-c", 1800, now);
+        assert!(cache.now(&token_key("caller-a")).is_some());
+        assert!(cache.now(&token_key("someone-else")).is_none());
+        // Full: the entry closest to expiry (b) makes room for d.
+        cache_token(&cache, "caller-d", 3600, now);
+        assert_eq!(cache.len(), 3);
+        assert!(cache.now(&token_key("caller-b")).is_none());
+        assert!(cache.now(&token_key("caller-a")).is_some() && cache.now(&token_key("caller-d")).is_some());
+    }
+
+    #[test]
+    fn expired_obo_tokens_are_evicted_first() {
+        let cache = obo_cache(2);
+        let long_ago = Instant::now() - Duration::from_secs(120); // machines are up longer than the build takes
+        cache_token(&cache, "stale-1", 60, long_ago);
+        cache_token(&cache, "stale-2", 60, long_ago);
+        cache_token(&cache, "fresh", 3600, Instant::now());
+        assert_eq!(cache.len(), 1);
+        assert!(cache.now(&token_key("fresh")).is_some());
+    }
+
     #[test]
     fn failures_back_off_exponentially_up_to_a_minute_and_success_resets() {
         let now = Instant::now();

@@ -134,6 +134,8 @@ check=$(curl -s -o /dev/null -w '%{http_code}' -X PATCH -H "Authorization: Beare
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$GATEWAY_PID/status"; }
 RSS_START=$(rss)
+# Resident size every 10 s while the load runs, to show whether memory grows or plateaus.
+( while kill -0 "$GATEWAY_PID" 2>/dev/null; do sleep 10; rss >> "$WORK/rss.log" || true; done ) & PIDS+=($!)
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms/,"",v); print v } else { sub(/s/,"",v); print v*1000 } }'; }
 declare -A RPS P50 P99 ERR
 for round in $(seq "$ROUNDS"); do
@@ -160,8 +162,8 @@ NAMES=$(for t in ${TARGETS:-nginx haproxy-jwt gateway}; do echo -n "${t%%:*} "; 
 for name in $NAMES; do
   printf '%-12s %12s %10s %10s %10s\n' "$name" "$(echo ${RPS[$name]} | median)" "$(echo ${P50[$name]} | median)" "$(echo ${P99[$name]} | median)" "${ERR[$name]}"
 done
+echo "gateway RSS: start ${RSS_START} KiB, end ${RSS_END} KiB; every 10 s: $(tr '\n' ' ' < "$WORK/rss.log" 2>/dev/null)"
 [ "$NAMES" = "nginx haproxy-jwt gateway " ] || exit 0
 g=$(echo ${RPS[gateway]} | median); n=$(echo ${RPS[nginx]} | median); h=$(echo ${RPS[haproxy-jwt]} | median)
 gp=$(echo ${P99[gateway]} | median); np=$(echo ${P99[nginx]} | median)
 echo "gateway/nginx throughput: $(awk -v a="$g" -v b="$n" 'BEGIN {printf "%.2f", a/b}')x; gateway/haproxy-jwt: $(awk -v a="$g" -v b="$h" 'BEGIN {printf "%.2f", a/b}')x; p99 gateway/nginx: $(awk -v a="$gp" -v b="$np" 'BEGIN {printf "%.2f", a/b}')x"
-echo "gateway RSS: start ${RSS_START} KiB, end ${RSS_END} KiB"

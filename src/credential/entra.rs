@@ -94,13 +94,14 @@ impl TokenClient {
 
     /// Asks for a token; Entra's refusals become [`CredentialError::Refused`].
     pub async fn request(&self, grant: Grant<'_>) -> Result<IssuedToken, CredentialError> {
+        let exchange = matches!(grant, Grant::OnBehalfOf { .. });
         let form = self.form(grant)?;
         let request = Request::post(self.app.token_url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(Full::new(Bytes::from(form)))
             .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
-        self.call(request).await
+        self.call(request, exchange).await
     }
 
     /// The form of a token request: the grant's fields and the app's proof of identity.
@@ -123,7 +124,7 @@ impl TokenClient {
         Ok(form.finish())
     }
 
-    async fn call(&self, request: Request<Full<Bytes>>) -> Result<IssuedToken, CredentialError> {
+    async fn call(&self, request: Request<Full<Bytes>>, exchange: bool) -> Result<IssuedToken, CredentialError> {
         let call = async {
             let response =
                 self.client.request(request).await.map_err(|e| {
@@ -140,7 +141,7 @@ impl TokenClient {
         let (status, body) = tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .map_err(|_| CredentialError::Unavailable("the token endpoint did not answer in time".into()))??;
-        parse_token_response(status, &body)
+        parse_token_response(status, &body, exchange)
     }
 }
 
@@ -167,8 +168,9 @@ fn client_assertion(
         .map_err(|e| CredentialError::Unavailable(format!("the client assertion could not be signed: {e}")))
 }
 
-/// Reads Entra's answer: a token, or an OAuth error with its `AADSTS` code.
-pub fn parse_token_response(status: StatusCode, body: &[u8]) -> Result<IssuedToken, CredentialError> {
+/// Reads Entra's answer: a token, or an OAuth error with its `AADSTS` code (`exchange` says
+/// whether the request was an on-behalf-of exchange).
+pub fn parse_token_response(status: StatusCode, body: &[u8], exchange: bool) -> Result<IssuedToken, CredentialError> {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     if !status.is_success() {
         let code = json["error"].as_str().unwrap_or("unknown_error").to_owned();
@@ -180,7 +182,7 @@ pub fn parse_token_response(status: StatusCode, body: &[u8]) -> Result<IssuedTok
             .filter(|c| c.starts_with("AADSTS") && c.len() < 16)
             .map(str::to_owned);
         tracing::warn!(status = status.as_u16(), error = %code, aadsts = ?aadsts, "the token endpoint refused");
-        return Err(CredentialError::Refused { status: status.as_u16(), code, aadsts });
+        return Err(CredentialError::Refused { exchange, status: status.as_u16(), code, aadsts });
     }
     let token = json["access_token"].as_str().filter(|t| !t.is_empty());
     // Entra v2 sends a number; older endpoints a string.
@@ -203,33 +205,32 @@ mod tests {
         let token = parse_token_response(
             StatusCode::OK,
             br#"{"token_type":"Bearer","expires_in":3599,"access_token":"eyJ.abc.def"}"#,
+            false,
         )
         .unwrap();
         assert_eq!(token.authorization, "Bearer eyJ.abc.def");
         assert!(token.authorization.is_sensitive());
         assert_eq!(token.lifetime, Duration::from_secs(3599));
-        let token = parse_token_response(StatusCode::OK, br#"{"expires_in":"60","access_token":"x"}"#).unwrap();
+        let token = parse_token_response(StatusCode::OK, br#"{"expires_in":"60","access_token":"x"}"#, false).unwrap();
         assert_eq!(token.lifetime, Duration::from_secs(60));
     }
 
     #[test]
     fn entra_errors_keep_their_oauth_and_aadsts_codes() {
         let body = br#"{"error":"interaction_required","error_description":"AADSTS50076: Due to a configuration change made by your administrator... Trace ID: 1","error_codes":[50076]}"#;
-        match parse_token_response(StatusCode::BAD_REQUEST, body) {
-            Err(CredentialError::Refused { status, code, aadsts }) => {
-                assert_eq!(
-                    (status, code.as_str(), aadsts.as_deref()),
-                    (400, "interaction_required", Some("AADSTS50076"))
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        let error = parse_token_response(StatusCode::BAD_REQUEST, body, true).unwrap_err();
+        assert_eq!(error.caller_fault(), Some(crate::credential::CallerFault::ActionRequired));
+        let CredentialError::Refused { status, code, aadsts, .. } = error else { panic!("{error:?}") };
+        assert_eq!((status, code.as_str(), aadsts.as_deref()), (400, "interaction_required", Some("AADSTS50076")));
+        // The same refusal of the gateway's own app token is the gateway's problem, not the caller's.
+        let error = parse_token_response(StatusCode::BAD_REQUEST, body, false).unwrap_err();
+        assert_eq!(error.caller_fault(), None);
         assert!(matches!(
-            parse_token_response(StatusCode::OK, br#"{"token_type":"Bearer"}"#),
+            parse_token_response(StatusCode::OK, br#"{"token_type":"Bearer"}"#, false),
             Err(CredentialError::Unavailable(_))
         ));
         assert!(matches!(
-            parse_token_response(StatusCode::SERVICE_UNAVAILABLE, b"<html>down</html>"),
+            parse_token_response(StatusCode::SERVICE_UNAVAILABLE, b"<html>down</html>", false),
             Err(CredentialError::Refused { status: 503, .. })
         ));
     }

@@ -47,6 +47,8 @@ pub enum CredentialError {
     /// The token endpoint refused the request.
     #[error("the token endpoint refused: {code}{}", aadsts.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Refused {
+        /// Whether this was an on-behalf-of exchange of the caller's token.
+        exchange: bool,
         /// The HTTP status Entra answered.
         status: u16,
         /// The OAuth `error` (`invalid_grant`, `interaction_required`, `invalid_client`, ...).
@@ -57,14 +59,16 @@ pub enum CredentialError {
 }
 
 impl CredentialError {
-    /// Whether the refusal is about the caller (their token or their consent), not the gateway:
-    /// `invalid_grant` means the caller's token cannot be exchanged (401); `interaction_required`
+    /// Whether an exchange's refusal is about the caller (their token or their consent), not the
+    /// gateway (for the gateway's own app token, every refusal is the gateway's): `invalid_grant` means the caller's token cannot be exchanged (401); `interaction_required`
     /// and `consent_required` mean the user must act first (403). Anything else is the gateway's
     /// own problem (503).
     pub fn caller_fault(&self) -> Option<CallerFault> {
         match self {
-            Self::Refused { code, .. } if code == "invalid_grant" => Some(CallerFault::TokenRejected),
-            Self::Refused { code, .. } if code == "interaction_required" || code == "consent_required" => {
+            Self::Refused { exchange: true, code, .. } if code == "invalid_grant" => Some(CallerFault::TokenRejected),
+            Self::Refused { exchange: true, code, .. }
+                if code == "interaction_required" || code == "consent_required" =>
+            {
                 Some(CallerFault::ActionRequired)
             }
             _ => None,

@@ -149,7 +149,7 @@ impl Verifier {
         }
         let Some(keys) = self.keys.current() else { return Verdict::Done(Err(AuthError::KeysUnavailable)) };
         let now = (self.clock)();
-        let fingerprint: [u8; 32] = digest(&SHA256, token.as_bytes()).as_ref().try_into().unwrap_or([0; 32]);
+        let fingerprint = token_fingerprint(token);
         if let Some(hit) = self.cache.get(&fingerprint) {
             if hit.generation == keys.generation && now <= hit.valid_until {
                 return Verdict::Done(Ok(Principal::clone(&hit.principal)));
@@ -290,6 +290,14 @@ impl Verifier {
     pub fn leeway(&self) -> Duration {
         Duration::from_secs(self.leeway)
     }
+}
+
+/// The SHA-256 of a token's bytes: how verified tokens (and exchanged Graph tokens) are
+/// remembered without keeping the token itself.
+pub fn token_fingerprint(token: &str) -> [u8; 32] {
+    let mut fingerprint = [0; 32];
+    fingerprint.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    fingerprint
 }
 
 #[cfg(test)]

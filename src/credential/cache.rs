@@ -204,13 +204,8 @@ struct OboEntry {
     exchange: tokio::sync::Mutex<()>,
 }
 
-/// The cache key of a caller's token.
-pub fn token_key(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut key = [0; 32];
-    key.copy_from_slice(digest.as_ref());
-    key
-}
+/// The cache key of a caller's token: the same fingerprint the verifier caches it by.
+pub use crate::auth::verify::token_fingerprint as token_key;
 
 impl OboCache {
     /// An empty cache holding at most `capacity` caller tokens.

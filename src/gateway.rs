@@ -124,13 +124,32 @@ impl GatewayLayer {
     pub fn with_parts(config: &Config, keys: KeyStore, journal: AuditJournal) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::default());
         let limiter = Arc::new(Limiter::new(&config.rate_limit, metrics.clone())?);
+        let credential = CredentialProvider::from_config(&config.upstream);
+        let (records, syncs) = (journal.clone(), journal.clone());
+        metrics.register_counter(
+            "gateway_audit_records_total",
+            "Audit records written.",
+            Arc::new(move || records.counters().0),
+        );
+        metrics.register_counter(
+            "gateway_audit_syncs_total",
+            "Syncs of the audit trail (one per group commit with fsync = batch).",
+            Arc::new(move || syncs.counters().1),
+        );
+        if let Some(provider) = credential.clone() {
+            metrics.register_counter(
+                "gateway_upstream_token_requests_total",
+                "Calls to Entra's token endpoint for the gateway's own Graph credential.",
+                Arc::new(move || provider.token_requests()),
+            );
+        }
         Ok(Self {
             config: Arc::new(config.clone()),
             metrics,
             verifier: Arc::new(Verifier::new(&config.auth, keys)),
             journal: journal.with_credential(&config.upstream.credential),
             limiter,
-            credential: CredentialProvider::from_config(&config.upstream),
+            credential,
         })
     }
 

@@ -65,6 +65,15 @@ pub struct Metrics {
     upstream_errors: [AtomicU64; UPSTREAM_ERRORS.len()],
     redis_fallbacks: AtomicU64,
     started: Instant,
+    /// Counters other parts keep themselves (the audit writer, the credential), read at render.
+    sources: std::sync::Mutex<Vec<CounterSource>>,
+}
+
+/// A counter read from elsewhere when `/metrics` is rendered.
+struct CounterSource {
+    name: &'static str,
+    help: &'static str,
+    read: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,11 +90,20 @@ impl Default for Metrics {
             upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             redis_fallbacks: AtomicU64::new(0),
             started: Instant::now(),
+            sources: std::sync::Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Exports a counter that another part keeps (read only when `/metrics` is rendered, so the
+    /// request path pays nothing for it).
+    pub fn register_counter(&self, name: &'static str, help: &'static str, read: Arc<dyn Fn() -> u64 + Send + Sync>) {
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.push(CounterSource { name, help, read });
+        }
+    }
+
     /// Counts one finished request.
     pub fn record(&self, class: RouteClass, decision: Decision, status: u16, elapsed: Duration) {
         let status = usize::from(status.clamp(100, 599) - 100);
@@ -169,6 +187,12 @@ impl Metrics {
         out.push_str("# HELP gateway_ratelimit_redis_fallbacks_total Rate-limit decisions made without Redis.\n");
         out.push_str("# TYPE gateway_ratelimit_redis_fallbacks_total counter\n");
         let _ = writeln!(out, "gateway_ratelimit_redis_fallbacks_total {}", self.redis_fallbacks.load(Relaxed));
+        if let Ok(sources) = self.sources.lock() {
+            for source in sources.iter() {
+                let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", source.name, source.help, source.name);
+                let _ = writeln!(out, "{} {}", source.name, (source.read)());
+            }
+        }
         out.push_str("# HELP gateway_uptime_seconds Seconds since the gateway started.\n");
         out.push_str("# TYPE gateway_uptime_seconds gauge\n");
         let _ = writeln!(out, "gateway_uptime_seconds {}", self.started.elapsed().as_secs());

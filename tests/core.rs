@@ -217,6 +217,7 @@ async fn other_requests_deny_refuses_non_connector_traffic() {
 async fn healthz_readyz_and_metrics_answer_on_the_admin_listener() {
     let h = Harness::start("").await;
     h.patch(&connector_path(), r#"{"status":"active"}"#).await;
+    h.gateway.flush_audit().await.unwrap();
     assert_eq!(h.client.send(Method::GET, &h.admin_url("/healthz"), &[], "").await.status, StatusCode::OK);
     assert_eq!(h.client.send(Method::GET, &h.admin_url("/readyz"), &[], "").await.status, StatusCode::OK);
     let metrics = h.client.send(Method::GET, &h.admin_url("/metrics"), &[], "").await;
@@ -226,6 +227,12 @@ async fn healthz_readyz_and_metrics_answer_on_the_admin_listener() {
         "{text}"
     );
     assert!(text.contains("gateway_request_duration_seconds_count{class=\"connector_write\"} 1"), "{text}");
+    // The write's intent and outcome, and at least one sync (fsync = batch).
+    assert!(text.contains("gateway_audit_records_total 2\n"), "{text}");
+    let syncs =
+        text.lines().find_map(|l| l.strip_prefix("gateway_audit_syncs_total ")).and_then(|v| v.parse::<u64>().ok());
+    assert!(syncs.is_some_and(|s| (1..=2).contains(&s)), "{text}");
+    assert!(!text.contains("gateway_upstream_token_requests_total"), "passthrough has no credential of its own");
     // The public listener does not expose the admin endpoints.
     let public = h.client.send(Method::GET, &h.url("/metrics"), &[], "").await;
     assert!(!String::from_utf8_lossy(&public.body).contains("gateway_requests_total"));

@@ -127,6 +127,9 @@ async fn a_hundred_writes_cost_one_token_request_and_graph_never_sees_the_caller
     let graph_token = claims(&upstream[0]);
     assert_eq!(graph_token["aud"], GRAPH);
     assert_eq!(graph_token["roles"][0], DEV_ROLE);
+    let metrics =
+        setup.client.send(Method::GET, &format!("http://{}/metrics", setup.gateway.admin_addr), &[], "").await;
+    assert!(String::from_utf8_lossy(&metrics.body).contains("gateway_upstream_token_requests_total 1\n"));
     let records = setup.audit().await;
     assert_eq!(records.len(), 200);
     for record in &records {

@@ -185,6 +185,9 @@ impl Writer {
 
     /// Writes one batch; on error the file is rolled back and the chain head kept.
     fn write_batch(&mut self, bodies: Vec<RecordBody>) -> Result<Vec<u64>, AuditError> {
+        if bodies.is_empty() {
+            return Ok(Vec::new()); // only barriers: what came before is already written and synced
+        }
         let mut head = self.head.clone();
         let mut bytes = Vec::with_capacity(bodies.len() * 512);
         let mut ends = Vec::with_capacity(bodies.len());
@@ -253,9 +256,14 @@ impl Writer {
                     // Records get their seq; barriers the seq reached by the end of the batch.
                     let mut seqs = seqs.into_iter();
                     let last = self.head.seq;
+                    // A barrier after a failed write says so (the trail is not whole).
+                    let barrier = match self.health.broken.load(Ordering::Relaxed) {
+                        false => Ok(last),
+                        true => Err(AuditError::Write("an earlier record could not be written".into())),
+                    };
                     for (ack, record) in acks.into_iter().zip(is_record) {
-                        let seq = if record { seqs.next().unwrap_or(last) } else { last };
-                        drop(ack.send(Ok(seq)));
+                        let answer = if record { Ok(seqs.next().unwrap_or(last)) } else { barrier.clone() };
+                        drop(ack.send(answer));
                     }
                 }
                 Err(error) => acks.into_iter().for_each(|ack| drop(ack.send(Err(error.clone())))),

@@ -173,3 +173,28 @@ async fn concurrent_appends_share_syncs() {
     assert_eq!(records, 200);
     assert!(syncs < records, "group commit: {syncs} syncs for {records} records");
 }
+
+#[tokio::test]
+async fn flush_waits_for_detached_records_without_a_sync_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trail.jsonl");
+    let journal = AuditJournal::open(&config(&path, FsyncMode::Batch, None)).unwrap();
+    assert_eq!(journal.flush().await.unwrap(), 0);
+    for n in 0..5 {
+        journal.submit(body(n)).detach();
+    }
+    assert_eq!(journal.flush().await.unwrap(), 5);
+    assert_eq!(lines(&path).len(), 5);
+    let (records, syncs) = journal.counters();
+    assert_eq!(records, 5);
+    assert!((1..=5).contains(&syncs), "{syncs} syncs: barriers add none");
+    assert_eq!(journal.flush().await.unwrap(), 5);
+    assert_eq!(journal.counters().1, syncs);
+}
+
+#[tokio::test]
+async fn a_flush_after_a_failed_write_says_so() {
+    let journal = AuditJournal::open(&config(Path::new("/dev/full"), FsyncMode::Batch, None)).unwrap();
+    assert!(journal.append(body(0)).await.is_err());
+    assert!(journal.flush().await.is_err());
+}

@@ -162,6 +162,8 @@ NAMES=$(for t in ${TARGETS:-nginx haproxy-jwt gateway}; do echo -n "${t%%:*} "; 
 for name in $NAMES; do
   printf '%-12s %12s %10s %10s %10s\n' "$name" "$(echo ${RPS[$name]} | median)" "$(echo ${P50[$name]} | median)" "$(echo ${P99[$name]} | median)" "${ERR[$name]}"
 done
+audit=$(curl -s http://127.0.0.1:18085/metrics | awk '/^gateway_audit_records_total/ {r=$2} /^gateway_audit_syncs_total/ {s=$2} END {if (s > 0) printf "%d records in %d syncs, %.1f per group commit", r, s, r/s}')
+echo "gateway audit: $audit"
 echo "gateway RSS: start ${RSS_START} KiB, end ${RSS_END} KiB; every 10 s: $(tr '\n' ' ' < "$WORK/rss.log" 2>/dev/null)"
 [ "$NAMES" = "nginx haproxy-jwt gateway " ] || exit 0
 g=$(echo ${RPS[gateway]} | median); n=$(echo ${RPS[nginx]} | median); h=$(echo ${RPS[haproxy-jwt]} | median)

@@ -198,3 +198,17 @@ async fn a_flush_after_a_failed_write_says_so() {
     assert!(journal.append(body(0)).await.is_err());
     assert!(journal.flush().await.is_err());
 }
+
+#[tokio::test]
+async fn verify_counts_intents_that_never_got_an_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trail.jsonl");
+    let journal = AuditJournal::open(&config(&path, FsyncMode::Off, None)).unwrap();
+    let outcome = |n| RecordBody { phase: Phase::Outcome, status: Some(200), ..body(n) };
+    for record in [body(1), outcome(1), body(2), body(3), body(3), outcome(3)] {
+        journal.append(record).await.unwrap();
+    }
+    let summary = super::verify::verify_file(&path).unwrap();
+    assert_eq!(summary.open_intents, 2, "r2 has none, r3 (a batch of two) has one of two");
+    assert!(super::verify::describe(&summary, &[path]).contains("2 intent record(s) have no outcome"));
+}

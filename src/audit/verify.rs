@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{AuditRecord, GENESIS};
+use super::record::{AuditRecord, GENESIS, Phase};
 
 /// What an intact chain holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub struct Summary {
     pub starts_mid_chain: bool,
     /// Set when the last line was torn (a crash mid-write).
     pub torn_tail: bool,
+    /// Intent records with no outcome after them: requests still in flight when the trail was
+    /// read, or cut off by a crash.
+    pub open_intents: u64,
 }
 
 /// The first place the chain breaks.
@@ -35,7 +38,10 @@ pub struct Broken {
 
 /// Verifies `files` as one chain, in order.
 pub fn verify_files(files: &[PathBuf]) -> Result<Summary, Broken> {
-    let mut summary = Summary { records: 0, seqs: None, times: None, starts_mid_chain: false, torn_tail: false };
+    let mut summary =
+        Summary { records: 0, seqs: None, times: None, starts_mid_chain: false, torn_tail: false, open_intents: 0 };
+    // Intents minus outcomes per request id (a batch has one pair per inner write).
+    let mut open: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut previous: Option<AuditRecord> = None;
     for (index, file) in files.iter().enumerate() {
         let last_file = index + 1 == files.len();
@@ -84,6 +90,18 @@ pub fn verify_files(files: &[PathBuf]) -> Result<Summary, Broken> {
                 None if record.seq != 1 => summary.starts_mid_chain = true,
                 _ => {}
             }
+            let delta = match record.body.phase {
+                Phase::Intent => 1,
+                Phase::Outcome => -1,
+                Phase::Denied => 0,
+            };
+            if delta != 0 {
+                let count = open.entry(record.body.request_id.clone()).or_insert(0);
+                *count += delta;
+                if *count == 0 {
+                    open.remove(&record.body.request_id);
+                }
+            }
             summary.records += 1;
             summary.seqs = Some((summary.seqs.map_or(record.seq, |s| s.0), record.seq));
             let time = record.body.time.clone();
@@ -91,6 +109,7 @@ pub fn verify_files(files: &[PathBuf]) -> Result<Summary, Broken> {
             previous = Some(record);
         }
     }
+    summary.open_intents = open.values().filter(|&&n| n > 0).map(|&n| n.unsigned_abs()).sum();
     Ok(summary)
 }
 
@@ -102,6 +121,12 @@ pub fn describe(summary: &Summary, files: &[PathBuf]) -> String {
     }
     if summary.starts_mid_chain {
         text.push_str("\nnote: the chain starts after seq 1 (earlier files were not given)");
+    }
+    if summary.open_intents > 0 {
+        text.push_str(&format!(
+            "\nnote: {} intent record(s) have no outcome yet (requests in flight, or cut off by a crash)",
+            summary.open_intents
+        ));
     }
     if summary.torn_tail {
         text.push_str(

@@ -319,31 +319,24 @@ pub struct OutcomeGuard {
 }
 
 impl OutcomeGuard {
-    fn finish(
-        &mut self,
-        status: u16,
-        graph_request_id: Option<String>,
-        reason: Option<String>,
-    ) -> Option<journal::Append> {
-        let mut body = self.body.take()?;
+    /// Hands the outcome record to the journal (once). The change already happened upstream, so
+    /// the answer does not wait for it: the record is queued behind the intent and written in
+    /// order with the next group commit (a failure is logged and fails readyz), and shutdown
+    /// flushes the queue. Only a crash in that window leaves an intent without an outcome.
+    fn finish(&mut self, status: u16, graph_request_id: Option<String>, reason: Option<String>) {
+        let Some(mut body) = self.body.take() else { return };
         body.time = now_rfc3339();
         body.status = Some(status);
         body.graph_request_id = graph_request_id;
         body.reason = reason;
         body.duration_ms = Some(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        Some(self.journal.submit(body))
+        self.journal.submit(body).detach();
     }
 }
 
 impl Drop for OutcomeGuard {
     fn drop(&mut self) {
-        if let Some(append) =
-            self.finish(504, None, Some("Cancelled: the request ended before the upstream answered".into()))
-        {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(append);
-            }
-        }
+        self.finish(504, None, Some("Cancelled: the request ended before the upstream answered".into()));
     }
 }
 
@@ -352,14 +345,14 @@ const MAX_BATCH_RESPONSE: usize = 8 * 1024 * 1024;
 
 type ResponseCollect<ResB> = Collect<Limited<Either<Full<Bytes>, ResB>>>;
 
-/// Polls queued appends until every one is acknowledged (they were queued in order, so the
+/// Polls queued intents until every one is acknowledged (they were queued in order, so the
 /// order of waiting does not matter); the first failure ends the wait and is returned.
-fn poll_appends(appends: &mut Vec<journal::Append>, cx: &mut Context<'_>, what: &str) -> Poll<Result<(), AuditError>> {
+fn poll_intents(appends: &mut Vec<journal::Append>, cx: &mut Context<'_>) -> Poll<Result<(), AuditError>> {
     while let Some(append) = appends.last_mut() {
         let result = ready!(Pin::new(append).poll(cx));
         appends.pop();
         if let Err(error) = result {
-            tracing::error!(%error, "{what} could not be recorded");
+            tracing::error!(%error, "an intent could not be recorded");
             appends.clear();
             return Poll::Ready(Err(error));
         }
@@ -383,8 +376,6 @@ pin_project! {
         Forwarding { #[pin] inner: S::Future, owed: Option<Vec<OutcomeGuard>> },
         /// A batch answered: reading its body to learn each inner status.
         ReadingBatch { #[pin] collect: ResponseCollect<ResB>, state: Option<(http::response::Parts, Vec<OutcomeGuard>)> },
-        /// Handing the outcome records to the journal, then answering.
-        Outcome { appends: Vec<journal::Append>, result: Option<Result<Response<Either<Full<Bytes>, ResB>>, GatewayError>> },
     }
 }
 
@@ -400,7 +391,7 @@ where
         loop {
             let next = match self.as_mut().project() {
                 WriteAheadProjection::Intent { appends, state } => {
-                    let written = ready!(poll_appends(appends, cx, "an intent"));
+                    let written = ready!(poll_intents(appends, cx));
                     let Some((request, mut inner, mut guards)) = state.take() else {
                         return Poll::Ready(Err(GatewayError::Audit(AuditError::Closed)));
                     };
@@ -427,18 +418,14 @@ where
                         Ok(response) => {
                             let graph_id = graph_request_id(response.headers());
                             let status = response.status().as_u16();
-                            let appends =
-                                guards.iter_mut().filter_map(|g| g.finish(status, graph_id.clone(), None)).collect();
-                            WriteAheadFuture::Outcome { appends, result: Some(Ok(response)) }
+                            guards.iter_mut().for_each(|g| g.finish(status, graph_id.clone(), None));
+                            return Poll::Ready(Ok(response));
                         }
                         Err(error) => {
                             let reason = format!("{}: {error}", error.code());
                             let status = error.status().as_u16();
-                            let appends = guards
-                                .iter_mut()
-                                .filter_map(|g| g.finish(status, None, Some(reason.clone())))
-                                .collect();
-                            WriteAheadFuture::Outcome { appends, result: Some(Err(error)) }
+                            guards.iter_mut().for_each(|g| g.finish(status, None, Some(reason.clone())));
+                            return Poll::Ready(Err(error));
                         }
                     }
                 }
@@ -452,39 +439,23 @@ where
                         Ok(collected) => {
                             let bytes = collected.to_bytes();
                             let statuses = inner_statuses(&bytes);
-                            let appends = guards
-                                .iter_mut()
-                                .filter_map(|g| {
-                                    let inner = statuses
-                                        .iter()
-                                        .find(|(id, _)| Some(id) == g.batch_id.as_ref())
-                                        .map(|(_, s)| *s);
-                                    let reason =
-                                        inner.is_none().then(|| "no inner response for this request".to_owned());
-                                    g.finish(inner.unwrap_or(parts.status.as_u16()), graph_id.clone(), reason)
-                                })
-                                .collect();
-                            let response = Response::from_parts(parts, Either::Left(Full::new(bytes)));
-                            WriteAheadFuture::Outcome { appends, result: Some(Ok(response)) }
+                            for guard in &mut guards {
+                                let inner = statuses
+                                    .iter()
+                                    .find(|(id, _)| Some(id) == guard.batch_id.as_ref())
+                                    .map(|(_, s)| *s);
+                                let reason = inner.is_none().then(|| "no inner response for this request".to_owned());
+                                guard.finish(inner.unwrap_or(parts.status.as_u16()), graph_id.clone(), reason);
+                            }
+                            return Poll::Ready(Ok(Response::from_parts(parts, Either::Left(Full::new(bytes)))));
                         }
                         Err(error) => {
                             let error = GatewayError::Upstream(crate::proxy::UpstreamError::Broken(error.to_string()));
                             let reason = format!("{}: {error}", error.code());
-                            let appends = guards
-                                .iter_mut()
-                                .filter_map(|g| g.finish(502, graph_id.clone(), Some(reason.clone())))
-                                .collect();
-                            WriteAheadFuture::Outcome { appends, result: Some(Err(error)) }
+                            guards.iter_mut().for_each(|g| g.finish(502, graph_id.clone(), Some(reason.clone())));
+                            return Poll::Ready(Err(error));
                         }
                     }
-                }
-                WriteAheadProjection::Outcome { appends, result } => {
-                    // The change already happened upstream, so the answer does not wait for its
-                    // outcome: the record is queued behind the intent, written in order with the
-                    // next group commit (a failure is logged and fails readyz), and flushed at
-                    // shutdown. Only a crash in that window leaves an intent without an outcome.
-                    appends.drain(..).for_each(journal::Append::detach);
-                    return Poll::Ready(result.take().unwrap_or(Err(GatewayError::Audit(AuditError::Closed))));
                 }
             };
             self.set(next);

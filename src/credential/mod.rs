@@ -167,9 +167,14 @@ where
             return ResponseFuture::Forwarding { inner: self.inner.call(request) };
         };
         let verified = request.extensions().get::<Principal>().is_some();
-        let caller_token = match provider.as_ref() {
-            CredentialProvider::OnBehalfOf(_) if verified => {
-                crate::auth::bearer_token(&request).ok().map(str::to_owned)
+        // On-behalf-of: look the caller's token up before its header goes; it is copied only
+        // when it must be exchanged.
+        let exchange = match provider.as_ref() {
+            CredentialProvider::OnBehalfOf(cache) if verified => {
+                crate::auth::bearer_token(&request).ok().map(|token| {
+                    let key = cache::token_key(token);
+                    (key, cache.now(&key).ok_or_else(|| token.to_owned()))
+                })
             }
             _ => None,
         };
@@ -178,26 +183,22 @@ where
         if !verified {
             return ResponseFuture::Forwarding { inner: self.inner.call(request) };
         }
-        let fetch: TokenFetch = match provider.as_ref() {
-            CredentialProvider::ClientCredentials(source) => match source.now() {
+        let fetch: TokenFetch = match (provider.as_ref(), exchange) {
+            (CredentialProvider::ClientCredentials(source), _) => match source.now() {
                 Some(token) => return self.forward_with(request, token),
                 None => {
                     let source = source.clone();
                     Box::pin(async move { source.token().await })
                 }
             },
-            CredentialProvider::OnBehalfOf(cache) => {
-                let Some(assertion) = caller_token else {
-                    return ResponseFuture::Rejected { error: Some(crate::auth::AuthError::MissingToken.into()) };
-                };
-                let key = cache::token_key(&assertion);
-                match cache.now(&key) {
-                    Some(token) => return self.forward_with(request, token),
-                    None => {
-                        let cache = cache.clone();
-                        Box::pin(async move { cache.token(key, &assertion).await })
-                    }
-                }
+            (CredentialProvider::OnBehalfOf(_), Some((_, Ok(token)))) => return self.forward_with(request, token),
+            (CredentialProvider::OnBehalfOf(cache), Some((key, Err(assertion)))) => {
+                let cache = cache.clone();
+                Box::pin(async move { cache.token(key, &assertion).await })
+            }
+            // Verified without a bearer token cannot happen; refuse rather than guess.
+            (CredentialProvider::OnBehalfOf(_), None) => {
+                return ResponseFuture::Rejected { error: Some(crate::auth::AuthError::MissingToken.into()) };
             }
         };
         let clone = self.inner.clone();
